@@ -1,0 +1,263 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) 2026, gpufleet.llm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""gpufleet.llm.wait_for_backend against real HTTP servers on 127.0.0.1 (tests/support/fake_backend.py)."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import pytest
+
+from ansible_collections.gpufleet.llm.plugins.modules import wait_for_backend
+
+KEY = 'sk-right-7f3a9c'
+WRONG = 'sk-wrong-0b1d2e'
+
+
+@pytest.fixture
+def wait(run_module):
+    def run(**args):
+        return run_module(wait_for_backend.main, args)
+    return run
+
+
+def seen_headers(fake):
+    return [r[3] for r in fake.requests]
+
+
+def test_ready_at_once_sends_x_api_key_to_tabbyapi(backend, wait):
+    fake = backend('tabbyapi', keys=[KEY], model='Qwen3-8B-exl3')
+    rc, result, out = wait(url=fake.url, backend='tabbyapi', api_key=KEY, timeout=10)
+    assert rc == 0, result
+    assert result['ready'] is True
+    assert result['changed'] is False
+    assert result['attempts'] == 1
+    assert result['status'] == 200
+    assert result['endpoint'] == '/v1/models'
+    assert result['model'] == 'Qwen3-8B-exl3'
+    assert result['elapsed'] < 1
+    assert [(r[2], r[3].get('x-api-key'), 'authorization' in r[3]) for r in fake.requests] == [('/v1/models', KEY, False)]
+    assert KEY not in out
+
+
+def test_model_is_checked_on_v1_model(backend, wait):
+    fake = backend('tabbyapi', keys=[KEY], model='Qwen3-8B-exl3')
+    rc, result, _out = wait(url=fake.url + '/', backend='tabbyapi', api_key=KEY, model='Qwen3-8B-exl3', timeout=10)
+    assert rc == 0, result
+    assert result['endpoint'] == '/v1/model'
+    assert [r[2] for r in fake.requests] == ['/v1/model']
+
+
+def test_refused_then_ready(backend, wait):
+    fake = backend('tabbyapi', keys=[KEY], model='m', start_after=0.6)
+    rc, result, _out = wait(url=fake.url, backend='tabbyapi', api_key=KEY, timeout=10)
+    assert rc == 0, result
+    assert result['attempts'] >= 3
+    assert 0.5 < result['elapsed'] < 3
+    assert len(fake.requests) == 1   # every earlier attempt was refused before reaching the server
+
+
+def test_llamacpp_loading_503_then_ready_with_bearer(backend, wait):
+    fake = backend('llamacpp', keys=[KEY], model='qwen3-8b-q4_k_m.gguf', loading=True)
+    fake.at(0.5, loading=False)
+    rc, result, _out = wait(url=fake.url, backend='llamacpp', api_key=KEY, model='qwen3-8b-q4_k_m.gguf', timeout=10)
+    assert rc == 0, result
+    assert result['endpoint'] == '/props'
+    assert result['model'] == 'qwen3-8b-q4_k_m.gguf'
+    statuses = [r[4] for r in fake.requests]
+    assert statuses[0] == 503 and statuses[-1] == 200 and statuses.count(200) == 1
+    assert all(h.get('authorization') == 'Bearer ' + KEY for h in seen_headers(fake))
+
+
+def test_llamacpp_wrong_key_after_load_fails_fast(backend, wait):
+    fake = backend('llamacpp', keys=[KEY], model='m.gguf', loading=True)
+    fake.at(0.3, loading=False)
+    rc, result, out = wait(url=fake.url, backend='llamacpp', api_key=WRONG, timeout=60)
+    assert rc == 1
+    assert result['msg'] == ('llamacpp at %s rejected the API key sent as Authorization on /props: 401 Invalid API Key'
+                             % fake.url)
+    assert result['elapsed'] < 2
+    assert WRONG not in out
+
+
+def test_llamacpp_accepts_x_api_key_override(backend, wait):
+    fake = backend('llamacpp', keys=[KEY], model='m.gguf')
+    rc, result, _out = wait(url=fake.url, backend='llamacpp', api_key=KEY, auth_header='X-Api-Key', timeout=5)
+    assert rc == 0, result
+    assert seen_headers(fake)[0].get('x-api-key') == KEY
+    assert 'authorization' not in seen_headers(fake)[0]
+
+
+def test_tabbyapi_401_without_key_says_no_key_was_sent(backend, wait):
+    fake = backend('tabbyapi', keys=[KEY], model='m')
+    rc, result, _out = wait(url=fake.url, backend='tabbyapi', model='m', timeout=60)
+    assert rc == 1
+    assert result['msg'] == ('tabbyapi at %s demands an API key, but no key was sent (set api_key) on /v1/model: '
+                             '401 Please provide an API key' % fake.url)
+    assert result['ready'] is False
+    assert result['status'] == 401
+    assert result['attempts'] == 1
+    assert result['elapsed'] < 2
+    assert not any('x-api-key' in h or 'authorization' in h for h in seen_headers(fake))
+
+
+def test_tabbyapi_wrong_key_fails_long_before_timeout(backend, wait):
+    fake = backend('tabbyapi', keys=[KEY], model='m')
+    rc, result, out = wait(url=fake.url, backend='tabbyapi', api_key=WRONG, model='m', timeout=60)
+    assert rc == 1
+    assert result['msg'] == ('tabbyapi at %s rejected the API key sent as x-api-key on /v1/model: 401 Invalid API key'
+                             % fake.url)
+    assert result['elapsed'] < 2
+    assert result['attempts'] == 1
+    assert result['changed'] is False
+    assert WRONG not in out and KEY not in out
+
+
+def test_tabbyapi_key_in_a_header_it_ignores_is_named(backend, wait):
+    fake = backend('tabbyapi', keys=[KEY], model='m')
+    rc, result, out = wait(url=fake.url, backend='tabbyapi', api_key=KEY, auth_header='X-Key', timeout=60)
+    assert rc == 1
+    assert 'rejected the API key sent as X-Key on /v1/models: 401 Please provide an API key' in result['msg']
+    assert 'the server saw no key' in result['msg']
+    assert KEY not in out
+
+
+def test_tabbyapi_accepts_bearer_override(backend, wait):
+    fake = backend('tabbyapi', keys=[KEY], model='m')
+    rc, result, _out = wait(url=fake.url, backend='tabbyapi', api_key=KEY, auth_header='Authorization', timeout=5)
+    assert rc == 0, result
+    assert seen_headers(fake)[0]['authorization'] == 'Bearer ' + KEY
+
+
+def test_vllm_only_takes_bearer(backend, wait):
+    fake = backend('vllm', keys=[KEY], model='meta/llama')
+    rc, result, _out = wait(url=fake.url, backend='vllm', api_key=KEY, model='meta/llama', timeout=5)
+    assert rc == 0, result
+    rc, result, _out = wait(url=fake.url, backend='vllm', api_key=KEY, auth_header='x-api-key', timeout=5)
+    assert rc == 1
+    assert result['msg'].endswith('rejected the API key sent as x-api-key on /v1/models: 401 Unauthorized')
+
+
+def test_sglang_default_is_bearer_on_v1_models(backend, wait):
+    fake = backend('sglang', keys=[KEY], model='qwen')
+    rc, result, _out = wait(url=fake.url, backend='sglang', api_key=KEY, timeout=5)
+    assert rc == 0, result
+    assert (fake.requests[0][2], seen_headers(fake)[0]['authorization']) == ('/v1/models', 'Bearer ' + KEY)
+
+
+def test_403_is_a_rejection(backend, wait):
+    fake = backend('vllm', keys=[KEY], model='m')
+    fake.forced = (403, {'error': {'message': 'Forbidden by proxy policy'}})
+    rc, result, _out = wait(url=fake.url, api_key=KEY, timeout=60)
+    assert rc == 1
+    assert result['msg'] == ('openai at %s rejected the API key sent as Authorization on /v1/models: '
+                             '403 Forbidden by proxy policy' % fake.url)
+    assert result['elapsed'] < 2
+
+
+def test_reject_statuses_can_be_narrowed(backend, wait):
+    fake = backend('vllm', keys=[KEY], model='m')
+    fake.forced = (403, {'error': 'Forbidden'})
+    rc, result, _out = wait(url=fake.url, api_key=KEY, reject_statuses=[401], timeout=60)
+    assert rc == 1
+    assert result['msg'].startswith('openai at %s answered 403 on /v1/models: Forbidden' % fake.url)
+
+
+def test_wrong_model_then_right_one(backend, wait):
+    fake = backend('tabbyapi', keys=[KEY], model='old-model')
+    fake.at(0.5, model='new-model')
+    rc, result, _out = wait(url=fake.url, backend='tabbyapi', api_key=KEY, model='new-model', timeout=10)
+    assert rc == 0, result
+    assert result['model'] == 'new-model'
+    assert result['attempts'] >= 3
+    assert fake.requests[0][4] == 200  # the old model answered 200 and was still not accepted
+
+
+def test_timeout_names_last_answer_and_attempts(backend, wait):
+    fake = backend('tabbyapi', keys=[KEY], model=None)
+    rc, result, _out = wait(url=fake.url, backend='tabbyapi', api_key=KEY, model='m', timeout=1.2)
+    assert rc == 1
+    assert result['msg'] == ('tabbyapi at %s was not ready on /v1/model after 1.2 s and %d attempts; '
+                             'last: 503 No models are currently loaded.' % (fake.url, result['attempts']))
+    assert result['attempts'] == len(fake.requests) >= 4
+    assert 1.2 <= result['elapsed'] < 2.5
+    assert result['status'] == 503
+
+
+def test_timeout_while_refused_says_so(wait):
+    from fake_backend import free_port
+    url = 'http://127.0.0.1:%d' % free_port()
+    rc, result, _out = wait(url=url, backend='sglang', api_key=KEY, timeout=0.8)
+    assert rc == 1
+    assert result['msg'].endswith('attempts; last: connection refused')
+    assert result['status'] is None
+
+
+def test_timeout_with_wrong_model_names_what_is_loaded(backend, wait):
+    fake = backend('tabbyapi', keys=[KEY], model='other')
+    rc, result, _out = wait(url=fake.url, backend='tabbyapi', api_key=KEY, model='wanted', timeout=0.6)
+    assert rc == 1
+    assert result['msg'].endswith('last: 200 model wanted is not loaded yet (backend reports: other)')
+
+
+def test_slow_answers_count_as_not_ready(backend, wait):
+    fake = backend('tabbyapi', keys=[KEY], model='m')
+    fake.delay = 1.0
+    rc, result, _out = wait(url=fake.url, backend='tabbyapi', api_key=KEY, timeout=1.5, request_timeout=0.3)
+    assert rc == 1
+    assert result['msg'].endswith('last: request timed out')
+    assert result['elapsed'] < 3
+
+
+def test_404_is_fatal_at_once(backend, wait):
+    fake = backend('tabbyapi', keys=[KEY], model='m')
+    rc, result, _out = wait(url=fake.url, backend='tabbyapi', api_key=KEY, endpoint='v1/does-not-exist', timeout=60)
+    assert rc == 1
+    assert result['msg'].startswith('tabbyapi at %s answered 404 on /v1/does-not-exist: Not Found' % fake.url)
+    assert result['attempts'] == 1
+    assert result['elapsed'] < 2
+
+
+def test_key_echoed_by_server_is_scrubbed(backend, wait):
+    fake = backend('vllm', keys=[KEY], model='m')
+    fake.forced = (401, {'error': 'Unauthorized: key %s is not allowed here' % WRONG})
+    rc, result, out = wait(url=fake.url, backend='vllm', api_key=WRONG, timeout=5)
+    assert rc == 1
+    assert WRONG not in out
+    assert 'is not allowed here' in result['msg']
+
+
+def test_scrub_masks_the_key_itself():
+    assert wait_for_backend.scrub('bad key sk-1 sent; sk-1 again', 'sk-1') == 'bad key ******** sent; ******** again'
+    assert wait_for_backend.scrub(b'bytes too: sk-1', 'sk-1') == 'bytes too: ********'
+    assert wait_for_backend.scrub('nothing to hide', None) == 'nothing to hide'
+
+
+def test_backoff_starts_fast_and_is_capped(wait):
+    from fake_backend import free_port
+    url = 'http://127.0.0.1:%d' % free_port()
+    _rc, slow, _out = wait(url=url, timeout=2.0)
+    _rc, fast, _out = wait(url=url, timeout=2.0, max_interval=0.1)
+    # 0.05 s growing by 1.5x to 1 s: about 8 attempts in 2 s; capped at 0.1 s: about 20.
+    assert 5 <= slow['attempts'] <= 10
+    assert fast['attempts'] >= 15
+
+
+def test_check_mode_waits_the_same_way(backend, wait):
+    fake = backend('tabbyapi', keys=[KEY], model='m')
+    rc, result, _out = wait(url=fake.url, backend='tabbyapi', api_key=KEY, _ansible_check_mode=True, timeout=5)
+    assert rc == 0 and result['ready'] is True and result['changed'] is False
+
+
+@pytest.mark.parametrize('name', ['timeout', 'max_interval', 'request_timeout'])
+def test_non_positive_durations_are_refused(wait, name):
+    rc, result, _out = wait(url='http://127.0.0.1:9', **{name: 0})
+    assert rc == 1
+    assert result['msg'] == '%s must be greater than 0, got 0.0' % name
+
+
+def test_unknown_backend_is_refused(wait):
+    rc, result, _out = wait(url='http://127.0.0.1:9', backend='ollama')
+    assert rc == 1
+    assert 'backend' in result['msg'] and 'ollama' in result['msg']
