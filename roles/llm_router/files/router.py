@@ -1,0 +1,684 @@
+#!/usr/bin/env python3
+# Copyright (c) 2026, gpufleet.llm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""gpufleet.llm router: one OpenAI-compatible endpoint in front of several inference backends.
+
+Read it top to bottom: config -> auth -> backend lifecycle -> proxy -> HTTP app.
+
+* Config comes from a YAML file (``--config``); every secret comes from the environment
+  (the unit's EnvironmentFile): client keys in ``LLM_ROUTER_CLIENT_API_KEYS`` (comma separated,
+  current keys plus grace-window old keys), each backend's key in the variable its ``key_env`` names.
+* Request and response bodies pass through byte for byte; answers are relayed as they arrive.
+* With ``swap_policy: exclusive`` (default) one backend holds the GPU at a time: a request for a
+  model whose backend is not active drains the in-flight requests of the backend(s) it must stop,
+  stops them (``systemctl stop``), starts its own (``systemctl start``), loads the model through
+  TabbyAPI's admin API when needed, and waits until the backend accepts the router's key.
+* Readiness is read by ``_backend_probe`` (shipped next to this file), the same code the
+  ``gpufleet.llm.wait_for_backend`` module uses.
+* HTTP on both sides is aiohttp (one pooled client session): see docs/router.md for the
+  measurements behind that choice.
+"""
+
+import argparse
+import asyncio
+import hmac
+import json
+import logging
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+import yaml
+from aiohttp import web
+
+import _backend_probe as probe
+
+log = logging.getLogger('llm_router')
+
+# ---------------------------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------------------------
+
+CLIENT_KEYS_ENV = 'LLM_ROUTER_CLIENT_API_KEYS'
+KINDS = tuple(sorted(probe.PROFILES))           # tabbyapi, llamacpp, sglang, vllm, openai
+POLICIES = ('exclusive', 'shared')
+_UNIT_RE = re.compile(r'^[A-Za-z0-9:_.\\@-]+\.service$')
+_ENV_RE = re.compile(r'^[A-Za-z_][A-Za-z0-9_]*$')
+
+
+class ConfigError(Exception):
+    """A config problem; the message names the field and never contains a secret."""
+
+
+@dataclass
+class Backend:
+    name: str
+    kind: str
+    url: str                       # base URL, no trailing slash
+    unit: str | None               # systemd unit; None = always running, never started/stopped
+    key_env: str | None
+    key: str = field(default='', repr=False)
+    connect_timeout: float = 10.0
+    read_timeout: float = 600.0    # longest silence between two bytes of an answer
+    # Run-time state, owned by the Switchboard.
+    state: str = 'unknown'         # unknown | starting | ready | stopped | failed
+    loaded: str | None = None      # model id the backend reported (TabbyAPI: what we loaded)
+    last_error: str = ''
+    inflight: int = 0
+    idle: asyncio.Event | None = None
+
+
+@dataclass
+class Model:
+    name: str                      # what clients send
+    backend: Backend
+    backend_model: str             # the backend's own id (TabbyAPI: the model_dir entry to load)
+
+
+@dataclass
+class Config:
+    host: str
+    port: int
+    backends: dict
+    models: dict
+    client_keys: list = field(repr=False)
+    swap_policy: str = 'exclusive'
+    readiness_timeout: float = 300.0
+    drain_timeout: float = 300.0
+    shutdown_timeout: float = 30.0
+    systemctl: list = field(default_factory=lambda: ['/usr/bin/systemctl'])
+    log_level: str = 'INFO'
+
+
+def _get(mapping, key, where, kind, default=None, required=False):
+    """One typed field of a mapping; the error names ``where.key``."""
+    if key not in mapping or mapping[key] is None:
+        if required:
+            raise ConfigError('%s.%s: required' % (where, key) if where else '%s: required' % key)
+        return default
+    value = mapping[key]
+    name = '%s.%s' % (where, key) if where else key
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise ConfigError('%s: expected %s, got %s' % (name, kind.__name__, type(value).__name__))
+    if kind is float and value <= 0:
+        raise ConfigError('%s: must be greater than 0' % name)
+    return value
+
+
+def _no_unknown(mapping, allowed, where):
+    unknown = sorted(set(mapping) - set(allowed))
+    if unknown:
+        raise ConfigError('%s: unknown field(s) %s' % (where or 'config', ', '.join(map(str, unknown))))
+
+
+def parse_config(data, environ):
+    """Check a parsed YAML document and the environment; return a Config or raise ConfigError."""
+    if not isinstance(data, dict):
+        raise ConfigError('config: expected a mapping at the top level')
+    _no_unknown(data, ('listen', 'backends', 'models', 'swap_policy', 'readiness_timeout',
+                       'drain_timeout', 'shutdown_timeout', 'systemctl', 'log_level'), '')
+    listen = _get(data, 'listen', '', dict, {})
+    _no_unknown(listen, ('host', 'port'), 'listen')
+    host = _get(listen, 'host', 'listen', str, '127.0.0.1')
+    port = _get(listen, 'port', 'listen', int, 4000)
+    if not 0 < port < 65536:
+        raise ConfigError('listen.port: must be 1-65535, got %d' % port)
+
+    backends = {}
+    raw_backends = _get(data, 'backends', '', dict, required=True)
+    if not raw_backends:
+        raise ConfigError('backends: at least one backend is required')
+    for name, spec in raw_backends.items():
+        where = 'backends.%s' % name
+        if not isinstance(spec, dict):
+            raise ConfigError('%s: expected a mapping' % where)
+        _no_unknown(spec, ('kind', 'url', 'unit', 'key_env', 'connect_timeout', 'read_timeout'), where)
+        kind = _get(spec, 'kind', where, str, required=True)
+        if kind not in KINDS:
+            raise ConfigError('%s.kind: must be one of %s, got %r' % (where, ', '.join(KINDS), kind))
+        url = _get(spec, 'url', where, str, required=True).rstrip('/')
+        if not re.match(r'^https?://[^/\s]+$', url):
+            raise ConfigError('%s.url: expected http(s)://host:port with no path, got %r' % (where, url))
+        unit = _get(spec, 'unit', where, str)
+        if unit is not None and not _UNIT_RE.match(unit):
+            raise ConfigError('%s.unit: expected a systemd service name like x.service, got %r' % (where, unit))
+        key_env = _get(spec, 'key_env', where, str)
+        key = ''
+        if key_env is not None:
+            if not _ENV_RE.match(key_env):
+                raise ConfigError('%s.key_env: not a valid variable name: %r' % (where, key_env))
+            key = environ.get(key_env, '').strip()
+            if not key:
+                raise ConfigError('%s.key_env: environment variable %s is not set or empty' % (where, key_env))
+        backends[name] = Backend(
+            name=name, kind=kind, url=url, unit=unit, key_env=key_env, key=key,
+            connect_timeout=_get(spec, 'connect_timeout', where, float, 10.0),
+            read_timeout=_get(spec, 'read_timeout', where, float, 600.0))
+
+    models = {}
+    raw_models = _get(data, 'models', '', dict, required=True)
+    if not raw_models:
+        raise ConfigError('models: at least one model is required')
+    for name, spec in raw_models.items():
+        where = 'models.%s' % name
+        if not isinstance(spec, dict):
+            raise ConfigError('%s: expected a mapping' % where)
+        _no_unknown(spec, ('backend', 'model'), where)
+        bname = _get(spec, 'backend', where, str, required=True)
+        if bname not in backends:
+            raise ConfigError('%s.backend: unknown backend %r' % (where, bname))
+        models[str(name)] = Model(str(name), backends[bname], _get(spec, 'model', where, str, str(name)))
+
+    policy = _get(data, 'swap_policy', '', str, 'exclusive')
+    if policy not in POLICIES:
+        raise ConfigError('swap_policy: must be one of %s, got %r' % (', '.join(POLICIES), policy))
+    systemctl = _get(data, 'systemctl', '', list, ['/usr/bin/systemctl'])
+    if not systemctl or not all(isinstance(a, str) and a for a in systemctl):
+        raise ConfigError('systemctl: expected a non-empty list of strings (a command and its arguments)')
+    level = _get(data, 'log_level', '', str, 'INFO').upper()
+    if level not in ('DEBUG', 'INFO', 'WARNING', 'ERROR'):
+        raise ConfigError('log_level: must be DEBUG, INFO, WARNING or ERROR, got %r' % level)
+
+    keys = [k.strip() for k in environ.get(CLIENT_KEYS_ENV, '').split(',') if k.strip()]
+    if not keys:
+        raise ConfigError('%s: environment variable is not set or holds no key' % CLIENT_KEYS_ENV)
+
+    return Config(
+        host=host, port=port, backends=backends, models=models, client_keys=keys,
+        swap_policy=policy,
+        readiness_timeout=_get(data, 'readiness_timeout', '', float, 300.0),
+        drain_timeout=_get(data, 'drain_timeout', '', float, 300.0),
+        shutdown_timeout=_get(data, 'shutdown_timeout', '', float, 30.0),
+        systemctl=systemctl, log_level=level)
+
+
+def load_config(path, environ=os.environ):
+    try:
+        with open(path, encoding='utf-8') as f:
+            data = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError('cannot read config %s: %s' % (path, e.strerror)) from None
+    except yaml.YAMLError as e:
+        raise ConfigError('config %s is not valid YAML: %s' % (path, e)) from None
+    return parse_config(data, environ)
+
+
+# ---------------------------------------------------------------------------------------------
+# Auth (clients -> router)
+# ---------------------------------------------------------------------------------------------
+
+def presented_key(headers):
+    """The key a client sent as ``Authorization: Bearer K`` or ``x-api-key: K`` ('' if none)."""
+    auth = headers.get('Authorization', '')
+    if auth[:7].lower() == 'bearer ':
+        return auth[7:].strip()
+    return headers.get('x-api-key', '').strip()
+
+
+def key_accepted(key, keys):
+    """Constant-time check of key against every configured key (no early exit)."""
+    given = key.encode('utf-8')
+    ok = False
+    for k in keys:
+        ok |= hmac.compare_digest(given, k.encode('utf-8'))
+    return bool(key) and ok
+
+
+def openai_error(status, message, type_, code=None, param=None):
+    body = {'error': {'message': message, 'type': type_, 'param': param, 'code': code}}
+    return web.json_response(body, status=status)
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics (Prometheus text format, no dependency)
+# ---------------------------------------------------------------------------------------------
+
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    def __init__(self):
+        self.requests = {}        # (model, status) -> count
+        self.latency = {}         # model -> [bucket counts..., sum, count]
+        self.swaps = {}           # (backend, result) -> count
+        self.swap_seconds = {}    # backend -> [sum, count]
+        self.backend_auth_failures = {}
+        self.client_auth_failures = 0
+
+    def observe(self, model, status, seconds):
+        self.requests[(model, status)] = self.requests.get((model, status), 0) + 1
+        h = self.latency.setdefault(model, [0] * (len(_BUCKETS) + 2))
+        for i, b in enumerate(_BUCKETS):
+            if seconds <= b:
+                h[i] += 1
+        h[-2] += seconds
+        h[-1] += 1
+
+    def swap(self, backend, result, seconds):
+        self.swaps[(backend, result)] = self.swaps.get((backend, result), 0) + 1
+        s = self.swap_seconds.setdefault(backend, [0.0, 0])
+        s[0] += seconds
+        s[1] += 1
+
+    def render(self):
+        q = lambda s: str(s).replace('\\', '\\\\').replace('"', '\\"').replace('\n', '\\n')  # noqa: E731
+        out = ['# TYPE llm_router_requests_total counter']
+        for (m, s), n in sorted(self.requests.items()):
+            out.append('llm_router_requests_total{model="%s",status="%s"} %d' % (q(m), s, n))
+        out.append('# TYPE llm_router_request_duration_seconds histogram')
+        for m, h in sorted(self.latency.items()):
+            for i, b in enumerate(_BUCKETS):
+                out.append('llm_router_request_duration_seconds_bucket{model="%s",le="%s"} %d' % (q(m), b, h[i]))
+            out.append('llm_router_request_duration_seconds_bucket{model="%s",le="+Inf"} %d' % (q(m), h[-1]))
+            out.append('llm_router_request_duration_seconds_sum{model="%s"} %.6f' % (q(m), h[-2]))
+            out.append('llm_router_request_duration_seconds_count{model="%s"} %d' % (q(m), h[-1]))
+        out.append('# TYPE llm_router_swaps_total counter')
+        for (b, r), n in sorted(self.swaps.items()):
+            out.append('llm_router_swaps_total{backend="%s",result="%s"} %d' % (q(b), r, n))
+        out.append('# TYPE llm_router_swap_duration_seconds summary')
+        for b, (total, n) in sorted(self.swap_seconds.items()):
+            out.append('llm_router_swap_duration_seconds_sum{backend="%s"} %.6f' % (q(b), total))
+            out.append('llm_router_swap_duration_seconds_count{backend="%s"} %d' % (q(b), n))
+        out.append('# TYPE llm_router_backend_auth_failures_total counter')
+        for b, n in sorted(self.backend_auth_failures.items()):
+            out.append('llm_router_backend_auth_failures_total{backend="%s"} %d' % (q(b), n))
+        out.append('# TYPE llm_router_client_auth_failures_total counter')
+        out.append('llm_router_client_auth_failures_total %d' % self.client_auth_failures)
+        return '\n'.join(out) + '\n'
+
+
+# ---------------------------------------------------------------------------------------------
+# Backend lifecycle
+# ---------------------------------------------------------------------------------------------
+
+class SwapError(Exception):
+    """Why a backend could not be made ready; status is what the client gets (502 or 504)."""
+
+    def __init__(self, status, message, code):
+        super().__init__(message)
+        self.status, self.message, self.code = status, message, code
+
+
+@dataclass
+class Swap:
+    model: Model
+    task: asyncio.Task
+    closed: frozenset              # backends whose new requests wait for this swap
+
+
+class Switchboard:
+    """Which backend is active, and the one swap in progress (if any)."""
+
+    def __init__(self, cfg, session, metrics):
+        self.cfg, self.session, self.metrics = cfg, session, metrics
+        self.swap = None
+        for b in cfg.backends.values():
+            b.idle = asyncio.Event()
+            b.idle.set()
+
+    # -- admission -----------------------------------------------------------------------------
+
+    def _ready_for(self, model):
+        b = model.backend
+        return b.state == 'ready' and (b.kind != 'tabbyapi' or b.loaded == model.backend_model)
+
+    async def acquire(self, model):
+        """Return once model's backend is ready and this request is counted in flight."""
+        while True:
+            b = model.backend
+            if self._ready_for(model) and (self.swap is None or b.name not in self.swap.closed):
+                b.inflight += 1
+                b.idle.clear()
+                return
+            if self.swap is None:
+                self.swap = self._begin_swap(model)
+            swap = self.swap
+            try:
+                await asyncio.shield(swap.task)
+            except SwapError:
+                if swap.model.name == model.name:
+                    raise
+                # another model's swap failed: try our own on the next turn
+
+    def release(self, backend):
+        backend.inflight -= 1
+        if backend.inflight == 0:
+            backend.idle.set()
+
+    def backend_failed(self, backend, why):
+        """A proxied request lost its backend: re-check readiness before the next request."""
+        if backend.state == 'ready':
+            backend.state = 'unknown'
+        backend.last_error = why
+
+    # -- the swap -----------------------------------------------------------------------------
+
+    def _begin_swap(self, model):
+        target = model.backend
+        stop = []
+        if self.cfg.swap_policy == 'exclusive' and target.unit:
+            stop = [b for b in self.cfg.backends.values()
+                    if b is not target and b.unit and b.state != 'stopped']
+        closed = {b.name for b in stop}
+        if target.kind == 'tabbyapi' and target.loaded not in (None, model.backend_model):
+            closed.add(target.name)      # changing the loaded model: drain the old one first
+        task = asyncio.ensure_future(self._run_swap(model, stop, closed))
+        task.add_done_callback(self._swap_done)
+        return Swap(model, task, frozenset(closed))
+
+    def _swap_done(self, task):
+        self.swap = None
+        if not task.cancelled():
+            task.exception()             # consumed here; waiters get it through shield()
+
+    async def _run_swap(self, model, stop, closed):
+        target, started = model.backend, time.monotonic()
+        log.info('swap to model %s on backend %s: draining %s, stopping %s', model.name, target.name,
+                 ', '.join(sorted(closed)) or 'nothing', ', '.join(b.unit for b in stop) or 'nothing')
+        try:
+            await self._drain([self.cfg.backends[n] for n in closed])
+            for b in stop:
+                await self._systemctl('stop', b)
+                b.state, b.loaded = 'stopped', None
+            if target.unit and target.state != 'ready':
+                target.state = 'starting'
+                await self._systemctl('start', target)
+            await self._wait_ready(model, started + self.cfg.readiness_timeout)
+        except SwapError as e:
+            target.state, target.last_error = 'failed', e.message
+            self.metrics.swap(target.name, 'error', time.monotonic() - started)
+            log.error('swap to model %s failed: %s', model.name, e.message)
+            raise
+        target.state, target.last_error = 'ready', ''
+        self.metrics.swap(target.name, 'ok', time.monotonic() - started)
+        log.info('model %s ready on backend %s after %.2f s', model.name, target.name,
+                 time.monotonic() - started)
+
+    async def _drain(self, backends):
+        deadline = time.monotonic() + self.cfg.drain_timeout
+        for b in backends:
+            try:
+                await asyncio.wait_for(b.idle.wait(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                raise SwapError(504, 'backend %s still has %d request(s) in flight after %g s; not swapping'
+                                % (b.name, b.inflight, self.cfg.drain_timeout), 'backend_busy') from None
+
+    async def _run(self, *args, timeout):
+        proc = await asyncio.create_subprocess_exec(
+            *self.cfg.systemctl, *args, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+            return None, 'timed out after %g s' % timeout
+        return proc.returncode, out.decode('utf-8', 'replace').strip()
+
+    async def unit_state(self, b):
+        """'ActiveState=.. SubState=.. Result=.. ExecMainStatus=..' of a backend's unit."""
+        rc, out = await self._run('show', '--property=ActiveState,SubState,Result,ExecMainStatus',
+                                  '--', b.unit, timeout=10)
+        if rc != 0:
+            return {}, 'systemctl show %s failed: %s' % (b.unit, out)
+        props = dict(line.split('=', 1) for line in out.splitlines() if '=' in line)
+        return props, ' '.join('%s=%s' % kv for kv in sorted(props.items()))
+
+    async def _systemctl(self, verb, b):
+        rc, out = await self._run(verb, '--', b.unit, timeout=self.cfg.readiness_timeout)
+        if rc != 0:
+            _, state = await self.unit_state(b)
+            raise SwapError(502, 'systemctl %s %s failed (%s): %s; unit state: %s'
+                            % (verb, b.unit, 'exit %s' % rc if rc is not None else 'no answer',
+                               ' '.join(out.split())[:300], state), 'backend_unit_failed')
+
+    async def _probe_get(self, b, path, headers, deadline):
+        timeout = aiohttp.ClientTimeout(total=max(0.5, min(10.0, deadline - time.monotonic())))
+        async with self.session.get(b.url + path, headers=headers, timeout=timeout) as r:
+            return r.status, await r.read()
+
+    async def _wait_ready(self, model, deadline):
+        """Poll the backend's key-checking endpoint until READY; fail fast on what cannot heal."""
+        b = model.backend
+        want = model.backend_model if b.kind == 'tabbyapi' else None
+        endpoint, header = probe.probe_plan(b.kind, model=want)
+        headers = probe.auth_headers(header, b.key)
+        delay, load_asked, last = 0.02, False, 'no answer yet'
+        while True:
+            try:
+                status, body = await self._probe_get(b, endpoint, headers, deadline)
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+                status, body, last = None, b'', 'cannot connect: %s' % (type(e).__name__,)
+            if status is not None:
+                verdict, detail, models = probe.classify(status, body, want)
+                if verdict == probe.READY:
+                    b.loaded = want or (models[0] if models else None)
+                    return
+                if verdict == probe.REJECTED:
+                    self.metrics.backend_auth_failures[b.name] = self.metrics.backend_auth_failures.get(b.name, 0) + 1
+                    raise SwapError(502, probe.rejection_message(b.name, b.url, endpoint, header, status, detail,
+                                                                 bool(b.key)) + ' (the router\'s key for this backend '
+                                    'comes from %s)' % (b.key_env or 'no key_env'), 'backend_rejected_key')
+                if verdict == probe.FATAL:
+                    raise SwapError(502, 'backend %s at %s answered %s on %s: %s'
+                                    % (b.name, b.url, status, endpoint, detail), 'backend_error')
+                last = '%s %s' % (status, detail)
+                if want and not load_asked and status in (200, 503):
+                    load_asked = True      # up, but not with our model: load it (admin API)
+                    await self._tabby_load(b, want, deadline)
+                    continue
+            if b.unit:
+                props, state = await self.unit_state(b)
+                if props.get('ActiveState') in ('failed', 'inactive') or props.get('SubState') == 'exited':
+                    raise SwapError(502, 'backend %s: unit %s is not running (%s); last answer: %s'
+                                    % (b.name, b.unit, state, last), 'backend_unit_failed')
+            if time.monotonic() + delay > deadline:
+                raise SwapError(504, 'backend %s at %s not ready after %g s (last answer: %s)'
+                                % (b.name, b.url, self.cfg.readiness_timeout, last), 'backend_timeout')
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def _tabby_load(self, b, model_id, deadline):
+        """POST /v1/model/load with the admin key; the answer is a stream we read to its end."""
+        log.info('loading model %s on backend %s', model_id, b.name)
+        headers = probe.auth_headers('x-admin-key', b.key)
+        timeout = aiohttp.ClientTimeout(total=max(1.0, deadline - time.monotonic()))
+        try:
+            async with self.session.post(b.url + '/v1/model/load', json={'model_name': model_id},
+                                         headers=headers, timeout=timeout) as r:
+                body = await r.read()
+                status = r.status
+        except asyncio.TimeoutError:
+            raise SwapError(504, 'backend %s: loading model %s did not finish in time' % (b.name, model_id),
+                            'backend_timeout') from None
+        except aiohttp.ClientError as e:
+            raise SwapError(502, 'backend %s: model load request failed: %s' % (b.name, type(e).__name__),
+                            'backend_error') from None
+        if status in probe.DEFAULT_REJECT_STATUSES:
+            self.metrics.backend_auth_failures[b.name] = self.metrics.backend_auth_failures.get(b.name, 0) + 1
+            raise SwapError(502, probe.rejection_message(b.name, b.url, '/v1/model/load', 'x-admin-key', status,
+                                                         probe.server_message(body), bool(b.key)),
+                            'backend_rejected_key')
+        if status >= 400:
+            raise SwapError(502, 'backend %s could not load model %s: %s %s'
+                            % (b.name, model_id, status, probe.server_message(body)), 'backend_error')
+
+
+# ---------------------------------------------------------------------------------------------
+# Proxy
+# ---------------------------------------------------------------------------------------------
+
+PROXIED = ('/v1/chat/completions', '/v1/completions', '/v1/embeddings')
+
+
+async def proxy(request):
+    app = request.app
+    cfg, board, metrics = app['cfg'], app['board'], app['metrics']
+    started = time.monotonic()
+    if not key_accepted(presented_key(request.headers), cfg.client_keys):
+        metrics.client_auth_failures += 1
+        return openai_error(401, 'Invalid or missing API key (send Authorization: Bearer <key> or x-api-key)',
+                            'invalid_request_error', code='invalid_api_key')
+    body = await request.read()
+    try:
+        name = json.loads(body).get('model')
+    except (ValueError, AttributeError):
+        name = None
+    if not isinstance(name, str):
+        return openai_error(400, 'The request body must be a JSON object with a "model" string',
+                            'invalid_request_error', param='model')
+    model = cfg.models.get(name)
+    if model is None:
+        metrics.observe(name if len(name) < 100 else '(long)', 404, time.monotonic() - started)
+        return openai_error(404, 'The model %r does not exist' % name[:100], 'invalid_request_error',
+                            code='model_not_found', param='model')
+    status = 500
+    try:
+        try:
+            await board.acquire(model)
+        except SwapError as e:
+            status = e.status
+            return openai_error(e.status, e.message, 'api_error', code=e.code)
+        try:
+            status, response = await relay(request, model, body)
+            return response
+        finally:
+            board.release(model.backend)
+    except asyncio.CancelledError:
+        status = 499                     # the client went away; upstream was closed by relay()
+        raise
+    finally:
+        metrics.observe(name, status, time.monotonic() - started)
+        log.info('%s %s model=%s status=%s %.1fms', request.method, request.path, name, status,
+                 (time.monotonic() - started) * 1000)
+
+
+async def relay(request, model, body):
+    """Send body to the backend and relay its answer as it arrives. Returns (status, response)."""
+    b = model.backend
+    headers = probe.auth_headers(probe.PROFILES[b.kind][2], b.key)
+    headers['Content-Type'] = request.headers.get('Content-Type', 'application/json')
+    if 'Accept' in request.headers:
+        headers['Accept'] = request.headers['Accept']
+    timeout = aiohttp.ClientTimeout(total=None, connect=b.connect_timeout, sock_read=b.read_timeout)
+    session = request.app['session']
+    upstream = None
+    response = None
+    try:
+        upstream = await session.post(b.url + request.path, data=body, headers=headers, timeout=timeout)
+        ctype = upstream.headers.get('Content-Type', 'application/octet-stream')
+        if upstream.content_length is not None and not ctype.startswith('text/event-stream'):
+            data = await upstream.read()
+            return upstream.status, web.Response(body=data, status=upstream.status,
+                                                 headers={'Content-Type': ctype})
+        response = web.StreamResponse(status=upstream.status, headers={'Content-Type': ctype})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        async for chunk in upstream.content.iter_any():
+            await response.write(chunk)
+        await response.write_eof()
+        return upstream.status, response
+    except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as e:
+        why = 'backend %s (%s) failed during the request: %s' % (b.name, b.url, type(e).__name__)
+        request.app['board'].backend_failed(b, why)
+        log.error('%s', why)
+        if response is not None and response.prepared:
+            raise                            # headers already sent: the only honest signal is to cut it
+        status = 504 if isinstance(e, asyncio.TimeoutError) else 502
+        return status, openai_error(status, why, 'api_error', code='backend_error')
+    finally:
+        if upstream is not None:
+            if upstream.content.is_eof():
+                upstream.release()
+            else:
+                upstream.close()             # client gone or error mid-answer: drop the connection
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP app: models list, health, metrics
+# ---------------------------------------------------------------------------------------------
+
+async def list_models(request):
+    cfg = request.app['cfg']
+    if not key_accepted(presented_key(request.headers), cfg.client_keys):
+        request.app['metrics'].client_auth_failures += 1
+        return openai_error(401, 'Invalid or missing API key', 'invalid_request_error', code='invalid_api_key')
+    data = [{'id': m.name, 'object': 'model', 'created': 0, 'owned_by': m.backend.name}
+            for m in cfg.models.values()]
+    return web.json_response({'object': 'list', 'data': data})
+
+
+async def health(request):
+    """Liveness without auth: names and states only, never a key or a key's variable value."""
+    cfg, board = request.app['cfg'], request.app['board']
+    active = [b for b in cfg.backends.values() if b.state == 'ready']
+    return web.json_response({
+        'status': 'ok',
+        'swap_policy': cfg.swap_policy,
+        'swapping_to': board.swap.model.name if board.swap else None,
+        'active_backends': [b.name for b in active],
+        'backends': {b.name: {'kind': b.kind, 'unit': b.unit, 'state': b.state, 'loaded': b.loaded,
+                              'in_flight': b.inflight, 'last_error': b.last_error or None}
+                     for b in cfg.backends.values()},
+    })
+
+
+async def metrics_endpoint(request):
+    cfg = request.app['cfg']
+    if not key_accepted(presented_key(request.headers), cfg.client_keys):
+        return openai_error(401, 'Invalid or missing API key', 'invalid_request_error', code='invalid_api_key')
+    return web.Response(text=request.app['metrics'].render(), content_type='text/plain', charset='utf-8')
+
+
+def make_app(cfg):
+    app = web.Application(client_max_size=256 * 1024 * 1024)
+    app['cfg'] = cfg
+    app['metrics'] = Metrics()
+
+    async def client_session(app):
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=300)
+        async with aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                         skip_auto_headers=('Accept-Encoding', 'User-Agent')) as session:
+            app['session'] = session
+            app['board'] = Switchboard(cfg, session, app['metrics'])
+            yield
+
+    app.cleanup_ctx.append(client_session)
+    app.router.add_get('/v1/models', list_models)
+    for path in PROXIED:
+        app.router.add_post(path, proxy)
+    app.router.add_get('/health', health)
+    app.router.add_get('/metrics', metrics_endpoint)
+    return app
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description='gpufleet.llm OpenAI-compatible router')
+    parser.add_argument('--config', required=True, help='path to the router YAML config')
+    parser.add_argument('--check', action='store_true', help='check the config and environment, then exit')
+    args = parser.parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print('llm-router: config error: %s' % e, file=sys.stderr)
+        return 2
+    log.setLevel(cfg.log_level)
+    if args.check:
+        print('llm-router: config OK (%d backends, %d models)' % (len(cfg.backends), len(cfg.models)))
+        return 0
+    log.info('listening on %s:%d, %d backends, %d models, swap policy %s', cfg.host, cfg.port,
+             len(cfg.backends), len(cfg.models), cfg.swap_policy)
+    web.run_app(make_app(cfg), host=cfg.host, port=cfg.port, shutdown_timeout=cfg.shutdown_timeout,
+                access_log=None, print=None, handler_cancellation=True)
+    log.info('stopped')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
