@@ -74,7 +74,10 @@ def server_message(body):
             if value:
                 text = str(value)
                 break
-    text = ' '.join(text.split())
+    return _shorten(' '.join(text.split()))
+
+
+def _shorten(text):
     return text[:_MAX_MESSAGE] + ('...' if len(text) > _MAX_MESSAGE else '')
 
 
@@ -111,7 +114,7 @@ def classify(status, body, model=None, reject_statuses=DEFAULT_REJECT_STATUSES):
     if 200 <= status < 300:
         models = reported_models(body)
         if model and model not in models:
-            loaded = ', '.join(models) if models else 'none'
+            loaded = _shorten(', '.join(models)) if models else 'none'
             return WAIT, 'model %s is not loaded yet (backend reports: %s)' % (model, loaded), models
         return READY, '', models
     if status in WAIT_STATUSES:
