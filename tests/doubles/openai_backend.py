@@ -32,7 +32,8 @@ import sys
 from aiohttp import web
 
 STATS = {'requests': 0, 'disconnects': 0, 'completed': 0, 'loads': [], 'unloads': 0,
-         'inflight': 0, 'max_inflight': 0, 'last_headers': {}, 'last_body_sha256': None}
+         'inflight': 0, 'max_inflight': 0, 'last_headers': {}, 'last_body_sha256': None,
+         'events': []}       # ordered [event, model]: start/end of completions, load
 
 
 def parse_args(argv):
@@ -119,6 +120,7 @@ class Double:
             return web.json_response(
                 {'detail': 'Could not find the model path for load. Check model name or config.yml?'}, status=400)
         STATS['loads'].append(name)
+        STATS['events'].append(['load', name])
         self.loaded = None
         resp = web.StreamResponse(headers={'Content-Type': 'text/event-stream'})
         await resp.prepare(request)
@@ -150,6 +152,10 @@ class Double:
         if not self.loaded:
             return web.json_response({'detail': 'No models are currently loaded.'}, status=503)
         body = json.loads(raw)
+        if body.get('max_tokens') == -1:
+            return web.json_response({'error': {'message': 'max_tokens must be at least 1', 'type': 'invalid_request_error',
+                                                'param': 'max_tokens', 'code': None}}, status=400)
+        STATS['events'].append(['start', self.loaded])
         STATS['inflight'] += 1
         STATS['max_inflight'] = max(STATS['max_inflight'], STATS['inflight'])
         try:
@@ -166,6 +172,7 @@ class Double:
             else:
                 result = web.json_response(self.answer(request.path, body, 'completion'))
             STATS['completed'] += 1
+            STATS['events'].append(['end', self.loaded])
             return result
         except (asyncio.CancelledError, ConnectionResetError):
             STATS['disconnects'] += 1
