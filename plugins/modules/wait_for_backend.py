@@ -46,8 +46,8 @@ options:
     description:
       - Kind of backend. Chooses the endpoint that checks the key and the header that carries it.
       - V(tabbyapi) sends C(x-api-key) to C(/v1/models), or to C(/v1/model) when O(model) is set.
-      - V(llamacpp) sends C(Authorization: Bearer) to C(/props).
-      - V(sglang), V(vllm) and V(openai) send C(Authorization: Bearer) to C(/v1/models).
+      - V(llamacpp) sends the key as C(Authorization) C(Bearer) to C(/props).
+      - V(sglang), V(vllm) and V(openai) send the key as C(Authorization) C(Bearer) to C(/v1/models).
     type: str
     choices: [tabbyapi, llamacpp, sglang, vllm, openai]
     default: openai

@@ -53,6 +53,7 @@ class FakeBackend:
         self._server = None
         self._thread = None
         self._timers = []
+        self._after = []
         self._lock = threading.Lock()
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -90,6 +91,18 @@ class FakeBackend:
                     setattr(self, name, set(value) if name == 'keys' else value)
         self._later(seconds, apply)
 
+    def after_requests(self, count, **changes):
+        """Change attributes once `count` requests have been answered (independent of start-up times)."""
+        with self._lock:
+            self._after.append((count, changes))
+
+    def _apply_due_changes(self):
+        for count, changes in list(self._after):
+            if len(self.requests) >= count:
+                self._after.remove((count, changes))
+                for name, value in changes.items():
+                    setattr(self, name, set(value) if name == 'keys' else value)
+
     def _later(self, seconds, fn):
         timer = threading.Timer(seconds, fn)
         timer.daemon = True
@@ -106,6 +119,7 @@ class FakeBackend:
     def answer(self, method, path, headers):
         """(status, body dict) for one request, as the real backend would answer it."""
         with self._lock:
+            self._apply_due_changes()
             if self.forced:
                 return self.forced
             return getattr(self, '_' + self.kind)(method, path, headers)
