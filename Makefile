@@ -11,7 +11,7 @@ export ANSIBLE_ROLES_PATH := $(CURDIR)/roles
 export CONTAINERS_CONF := $(CURDIR)/tests/hosts/containers.conf
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help site test venv collection lint sanity unit integration molecule clean
+.PHONY: help site test venv collection lint sanity unit integration hosts-image molecule clean
 
 help:
 	@echo "make site   run playbooks/site.yml (against a local systemd test host when no INVENTORY is given)"
@@ -40,8 +40,20 @@ unit: collection
 integration: collection
 	pytest -q tests/integration
 
-molecule: collection
-	@echo "no molecule scenarios yet"
+# systemd test-host image for Molecule (debootstrap + podman import; built once, then reused).
+hosts-image:
+	tests/hosts/build-image.sh
+
+# Every directory under molecule/ is a scenario; all run, the first failure fails the target.
+# One scenario: make molecule SCENARIOS=tabbyapi
+SCENARIOS ?= $(notdir $(patsubst %/,%,$(wildcard molecule/*/)))
+molecule: collection hosts-image
+	@test -n "$(SCENARIOS)" || { echo "no scenarios in molecule/" >&2; exit 1; }
+	@for s in $(SCENARIOS); do \
+	  echo "=== molecule test -s $$s"; start=$$(date +%s); \
+	  molecule test -s $$s || { echo "=== molecule scenario $$s FAILED" >&2; exit 1; }; \
+	  echo "=== molecule scenario $$s passed in $$(( $$(date +%s) - start )) s"; \
+	done
 
 test: lint sanity unit integration molecule
 

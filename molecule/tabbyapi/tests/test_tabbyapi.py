@@ -1,0 +1,154 @@
+"""Checks of the tabbyapi role on a systemd host running the TabbyAPI test double."""
+import json
+import os
+import re
+import subprocess
+import time
+
+API_KEY = "tabby-api-KEY-3f9c1e7d"
+ADMIN_KEY = "tabby-admin-KEY-77ab02c4"
+PREVIOUS_KEY = "tabby-previous-KEY-0d1e"
+KEYS = (API_KEY, ADMIN_KEY, PREVIOUS_KEY)
+
+# Runs ON the host: every request the key checks need, answered as JSON lines.
+PROBE = r'''
+import json, urllib.request, urllib.error
+def call(method, path, headers=None, body=None):
+    req = urllib.request.Request("http://127.0.0.1:5000" + path, method=method, headers=headers or {},
+                                 data=json.dumps(body).encode() if body is not None else None)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return [r.status, r.read().decode()]
+    except urllib.error.HTTPError as e:
+        return [e.code, e.read().decode()]
+A, M = "%s", "%s"
+print(json.dumps({
+  "health": call("GET", "/health"),
+  "model_nokey": call("GET", "/v1/model"),
+  "model_key": call("GET", "/v1/model", {"x-api-key": A}),
+  "model_bearer": call("GET", "/v1/model", {"Authorization": "Bearer " + A}),
+  "model_wrong": call("GET", "/v1/model", {"x-api-key": "wrong-key"}),
+  "models_admin": call("GET", "/v1/models", {"x-api-key": M}),
+  "load_apikey": call("POST", "/v1/model/load", {"x-api-key": A}, {"model_name": "nope"}),
+  "load_unknown": call("POST", "/v1/model/load", {"x-admin-key": M}, {"model_name": "nope"}),
+  "chat": call("POST", "/v1/chat/completions", {"Authorization": "Bearer " + A},
+               {"messages": [{"role": "user", "content": "hi"}], "stream": False}),
+}))
+''' % (API_KEY, ADMIN_KEY)
+
+
+def show(host, unit="tabbyapi.service"):
+    props = "ActiveState,UnitFileState,User,Group,WorkingDirectory,ExecStart,NoNewPrivileges,ProtectSystem," \
+            "ProtectHome,PrivateTmp,PrivateDevices,DevicePolicy,DeviceAllow,ReadWritePaths," \
+            "RestrictAddressFamilies,CapabilityBoundingSet,Restart,StartLimitBurst,MainPID"
+    out = host.check_output("systemctl show %s -p %s" % (unit, props))
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def test_service_runs_hardened_as_tabbyapi(host):
+    p = show(host)
+    assert p["ActiveState"] == "active"
+    assert p["UnitFileState"] == "enabled"
+    assert (p["User"], p["Group"]) == ("tabbyapi", "tabbyapi")
+    assert p["WorkingDirectory"] == "/opt/tabbyapi"
+    assert "/opt/tabbyapi-venv/bin/python main.py --config /opt/tabbyapi/config.yml" in p["ExecStart"]
+    assert p["NoNewPrivileges"] == "yes"
+    assert p["ProtectSystem"] == "strict"
+    assert p["ProtectHome"] == "yes"
+    assert p["PrivateTmp"] == "yes"
+    assert p["PrivateDevices"] == "no"  # the GPU must stay reachable ...
+    assert p["DevicePolicy"] == "closed"  # ... but only the devices listed
+    assert "/var/lib/tabbyapi" in p["ReadWritePaths"]
+    assert set(p["RestrictAddressFamilies"].split()) == {"AF_UNIX", "AF_INET", "AF_INET6"}
+    assert p["CapabilityBoundingSet"] == ""
+    assert p["Restart"] == "on-failure"
+    owner = host.check_output("ps -o user= -p %s" % p["MainPID"])
+    assert owner.strip() == "tabbyapi"
+    unit = host.file("/etc/systemd/system/tabbyapi.service").content_string
+    assert unit.startswith("#") and "Ansible managed" in unit
+    for key in KEYS:
+        assert key not in unit
+
+
+def test_listens_on_loopback_only(host):
+    listeners = host.check_output("ss -ltnH")
+    addresses = re.findall(r"\s(\S+):5000\s", listeners)
+    assert addresses == ["127.0.0.1"], listeners
+
+
+def test_files_owners_modes_and_content(host):
+    stats = host.check_output(
+        "stat -c '%n %U:%G %a' /opt/tabbyapi/config.yml /opt/tabbyapi/api_tokens.yml "
+        "/opt/tabbyapi /opt/tabbyapi-venv/pip.conf /var/lib/tabbyapi /etc/systemd/system/tabbyapi.service")
+    assert stats.splitlines() == [
+        "/opt/tabbyapi/config.yml root:tabbyapi 640",
+        "/opt/tabbyapi/api_tokens.yml root:tabbyapi 640",
+        "/opt/tabbyapi root:root 755",
+        "/opt/tabbyapi-venv/pip.conf root:root 644",
+        "/var/lib/tabbyapi tabbyapi:tabbyapi 750",
+        "/etc/systemd/system/tabbyapi.service root:root 644",
+    ]
+    config = host.check_output("cat /opt/tabbyapi/config.yml")
+    # first-class settings, deep-merged with tabbyapi_config_extra (model.cache_mode overridden)
+    assert re.search(r"^network:\n(  .*\n)*  host: 127\.0\.0\.1$", config, re.M)
+    assert "disable_auth: false" in config
+    assert "cache_mode: Q8" in config and "gpu_split_auto: true" in config
+    assert "max_seq_len: 8192" in config and "model_name: double-model-exl2" in config
+    assert "unsafe_launch: true" in config and "log_prompt: false" in config
+    assert not re.search(r"^auth:", config, re.M)
+    tokens = host.check_output("cat /opt/tabbyapi/api_tokens.yml")
+    # exl2-checkpoint: a single string, never a list; previous keys are not written
+    assert 'api_key: "%s"' % API_KEY in tokens
+    assert PREVIOUS_KEY not in tokens
+    assert 'admin_key: "%s"' % ADMIN_KEY in tokens
+    pip_conf = host.check_output("cat /opt/tabbyapi-venv/pip.conf")
+    assert "cert = /usr/local/share/gpufleet-controller-ca.crt" in pip_conf
+    # the service user cannot change its own code or config
+    denied = host.run("runuser -u tabbyapi -- touch /opt/tabbyapi/api_tokens.yml /opt/tabbyapi/x")
+    assert denied.rc != 0
+
+
+def test_key_is_checked_from_inside_the_host(host):
+    answers = json.loads(host.check_output("python3 -c '%s'" % PROBE.replace("'", "'\"'\"'")))
+    assert answers["health"] == [200, '{"status": "healthy", "issues": []}']
+    assert answers["model_nokey"] == [401, '{"detail": "Please provide an API key"}']
+    assert answers["model_wrong"] == [401, '{"detail": "Invalid API key"}']
+    for name in ("model_key", "model_bearer"):
+        status, body = answers[name]
+        assert status == 200 and json.loads(body)["id"] == "double-model-exl2"
+    assert [m["id"] for m in json.loads(answers["models_admin"][1])["data"]] == ["double-model-exl2"]
+    assert answers["load_apikey"] == [401, '{"detail": "Please provide an admin key"}']
+    assert answers["load_unknown"][0] == 400
+    status, body = answers["chat"]
+    assert status == 200 and json.loads(body)["choices"][0]["message"]["role"] == "assistant"
+
+
+def test_stop_stays_stopped_and_a_crash_restarts(host):
+    host.check_output("systemctl stop tabbyapi.service")
+    time.sleep(6)  # longer than RestartSec
+    assert host.run("systemctl is-active tabbyapi.service").stdout.strip() == "inactive"
+    host.check_output("systemctl start tabbyapi.service")
+    pid = show(host)["MainPID"]
+    host.check_output("kill -9 %s" % pid)
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        p = show(host)
+        if p["ActiveState"] == "active" and p["MainPID"] not in ("0", pid):
+            break
+        time.sleep(1)
+    assert p["ActiveState"] == "active" and p["MainPID"] != pid
+
+
+def test_check_diff_changes_nothing_and_shows_no_key():
+    env = dict(os.environ)
+    scenario = env["MOLECULE_SCENARIO_DIRECTORY"]
+    run = subprocess.run(
+        ["ansible-playbook", "-i", env["MOLECULE_INVENTORY_FILE"], "--check", "--diff", "-v",
+         os.path.join(scenario, "converge.yml")],
+        env=env, capture_output=True, text=True, timeout=300, check=False)
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output
+    recap = re.search(r"gpufleet-tabbyapi\s*:.*changed=(\d+).*failed=(\d+)", output)
+    assert recap and recap.groups() == ("0", "0"), output
+    for key in KEYS:
+        assert key not in output
