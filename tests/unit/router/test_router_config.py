@@ -1,0 +1,179 @@
+# Copyright (c) 2026, gpufleet.llm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""router.py config parsing, client-key checks and metrics text, without a network."""
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given, strategies as st
+
+import router
+
+ROOT = Path(__file__).resolve().parents[3]
+ENV = {'LLM_ROUTER_CLIENT_API_KEYS': 'k-new, k-old ,', 'TABBY_ADMIN': 'secret-admin-value',
+       'SGLANG_KEY': 'secret-sglang-value'}
+GOOD = {
+    'listen': {'host': '0.0.0.0', 'port': 4000},
+    'backends': {
+        'tabby': {'kind': 'tabbyapi', 'url': 'http://127.0.0.1:5000', 'unit': 'tabbyapi.service',
+                  'key_env': 'TABBY_ADMIN'},
+        'qwen': {'kind': 'llamacpp', 'url': 'http://127.0.0.1:8080/', 'unit': 'llamacpp@qwen.service'},
+        'sg': {'kind': 'sglang', 'url': 'http://127.0.0.1:30000', 'key_env': 'SGLANG_KEY',
+               'connect_timeout': 2, 'read_timeout': 120},
+    },
+    'models': {'llama-70b': {'backend': 'tabby', 'model': 'Llama-3.3-70B-exl3'},
+               'qwen': {'backend': 'qwen'}, 'mistral': {'backend': 'sg'}},
+}
+
+
+def test_good_config_parses_with_defaults():
+    cfg = router.parse_config(copy.deepcopy(GOOD), ENV)
+    assert (cfg.host, cfg.port, cfg.swap_policy, cfg.readiness_timeout) == ('0.0.0.0', 4000, 'exclusive', 300.0)
+    assert cfg.systemctl == ['/usr/bin/systemctl']
+    assert cfg.client_keys == ['k-new', 'k-old']
+    assert cfg.backends['qwen'].url == 'http://127.0.0.1:8080'          # trailing slash dropped
+    assert cfg.backends['qwen'].key == '' and cfg.backends['qwen'].unit == 'llamacpp@qwen.service'
+    assert cfg.backends['tabby'].key == 'secret-admin-value'
+    assert cfg.backends['sg'].read_timeout == 120.0
+    assert cfg.models['llama-70b'].backend_model == 'Llama-3.3-70B-exl3'
+    assert cfg.models['qwen'].backend_model == 'qwen'                     # defaults to the name
+    assert cfg.models['mistral'].backend is cfg.backends['sg']
+
+
+def edit(path, value):
+    data = copy.deepcopy(GOOD)
+    node = data
+    *parents, last = path
+    for p in parents:
+        node = node[p]
+    if value is KeyError:
+        del node[last]
+    else:
+        node[last] = value
+    return data
+
+
+@pytest.mark.parametrize('path,value,message', [
+    (('models', 'qwen', 'backend'), 'x', "models.qwen.backend: unknown backend 'x'"),
+    (('models', 'qwen', 'backend'), KeyError, 'models.qwen.backend: required'),
+    (('models', 'qwen', 'extra'), 1, 'models.qwen: unknown field(s) extra'),
+    (('backends', 'sg', 'kind'), 'ollama', "backends.sg.kind: must be one of llamacpp, openai, sglang, tabbyapi, vllm, got 'ollama'"),
+    (('backends', 'sg', 'url'), 'localhost:30000', 'backends.sg.url: expected http(s)://host:port'),
+    (('backends', 'sg', 'url'), 'http://h:1/v1', 'backends.sg.url: expected http(s)://host:port'),
+    (('backends', 'sg', 'url'), KeyError, 'backends.sg.url: required'),
+    (('backends', 'sg', 'unit'), 'rm -rf /', 'backends.sg.unit: expected a systemd service name'),
+    (('backends', 'sg', 'key_env'), 'NOT-A-VAR', 'backends.sg.key_env: not a valid variable name'),
+    (('backends', 'sg', 'key_env'), 'MISSING_VAR', 'backends.sg.key_env: environment variable MISSING_VAR is not set or empty'),
+    (('backends', 'sg', 'read_timeout'), 'soon', 'backends.sg.read_timeout: expected float, got str'),
+    (('backends', 'sg', 'connect_timeout'), 0, 'backends.sg.connect_timeout: must be greater than 0'),
+    (('backends', 'sg'), 'http://x', 'backends.sg: expected a mapping'),
+    (('backends',), {}, 'backends: at least one backend is required'),
+    (('models',), KeyError, 'models: required'),
+    (('listen', 'port'), 70000, 'listen.port: must be 1-65535'),
+    (('listen', 'port'), '4000', 'listen.port: expected int, got str'),
+    (('listen', 'port'), True, 'listen.port: expected int, got bool'),
+    (('listen', 'hots'), 'x', 'listen: unknown field(s) hots'),
+    (('swap_policy',), 'greedy', "swap_policy: must be one of exclusive, shared, got 'greedy'"),
+    (('readiness_timeout',), -1, 'readiness_timeout: must be greater than 0'),
+    (('systemctl',), '/usr/bin/systemctl', 'systemctl: expected list, got str'),
+    (('systemctl',), [], 'systemctl: expected a non-empty list'),
+    (('log_level',), 'chatty', "log_level: must be DEBUG, INFO, WARNING or ERROR"),
+    (('backend',), {}, 'config: unknown field(s) backend'),
+])
+def test_bad_config_names_the_field(path, value, message):
+    with pytest.raises(router.ConfigError) as e:
+        router.parse_config(edit(path, value), ENV)
+    assert str(e.value).startswith(message)
+
+
+@pytest.mark.parametrize('keys', [None, '', ' , ,'])
+def test_missing_client_keys_named_by_variable(keys):
+    env = dict(ENV)
+    if keys is None:
+        del env['LLM_ROUTER_CLIENT_API_KEYS']
+    else:
+        env['LLM_ROUTER_CLIENT_API_KEYS'] = keys
+    with pytest.raises(router.ConfigError, match='^LLM_ROUTER_CLIENT_API_KEYS: environment variable is not set'):
+        router.parse_config(copy.deepcopy(GOOD), env)
+
+
+def test_top_level_must_be_a_mapping():
+    with pytest.raises(router.ConfigError, match='top level'):
+        router.parse_config(['x'], ENV)
+
+
+def test_router_refuses_to_start_on_bad_config_and_never_prints_a_key(tmp_path):
+    bad = edit(('models', 'qwen', 'backend'), 'x')
+    path = tmp_path / 'router.yml'
+    path.write_text(yaml.safe_dump(bad))
+    env = dict(ENV, PYTHONPATH=str(ROOT / 'plugins/module_utils'))
+    run = subprocess.run([sys.executable, str(ROOT / 'roles/llm_router/files/router.py'), '--config', str(path)],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert run.returncode == 2
+    assert "config error: models.qwen.backend: unknown backend 'x'" in run.stderr
+    path.write_text(yaml.safe_dump(GOOD))
+    ok = subprocess.run([sys.executable, str(ROOT / 'roles/llm_router/files/router.py'), '--config', str(path),
+                         '--check'], capture_output=True, text=True, env=env, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert 'config OK (3 backends, 3 models)' in ok.stdout
+    path.write_text('listen: [unclosed')
+    broken = subprocess.run([sys.executable, str(ROOT / 'roles/llm_router/files/router.py'), '--config', str(path)],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert broken.returncode == 2 and 'is not valid YAML' in broken.stderr
+    for out in (run.stdout + run.stderr, ok.stdout + ok.stderr, broken.stdout + broken.stderr):
+        for secret in ('secret-admin-value', 'secret-sglang-value', 'k-new', 'k-old'):
+            assert secret not in out
+
+
+class Headers(dict):
+    """Case-insensitive enough for presented_key (aiohttp's CIMultiDict in the real router)."""
+
+    def get(self, key, default=None):
+        for k, v in self.items():
+            if k.lower() == key.lower():
+                return v
+        return default
+
+
+@pytest.mark.parametrize('headers,key', [
+    ({'Authorization': 'Bearer abc'}, 'abc'),
+    ({'authorization': 'bearer  abc '}, 'abc'),
+    ({'X-Api-Key': 'abc'}, 'abc'),
+    ({'Authorization': 'Basic abc', 'x-api-key': 'def'}, 'def'),
+    ({'Authorization': 'Bearer abc', 'x-api-key': 'def'}, 'abc'),
+    ({}, ''),
+])
+def test_presented_key(headers, key):
+    assert router.presented_key(Headers(headers)) == key
+
+
+@given(keys=st.lists(st.text(min_size=1, max_size=20), min_size=1, max_size=4), other=st.text(max_size=20))
+def test_key_accepted_iff_configured(keys, other):
+    for k in keys:
+        assert router.key_accepted(k, keys)
+    assert router.key_accepted(other, keys) == (other != '' and other in keys)
+
+
+def test_metrics_render_prometheus_text():
+    m = router.Metrics()
+    m.observe('qwen', 200, 0.003)
+    m.observe('qwen', 200, 0.2)
+    m.observe('a"b', 502, 1.5)
+    m.swap('tabby', 'ok', 12.5)
+    m.backend_auth_failures['sg'] = 2
+    text = m.render()
+    assert 'llm_router_requests_total{model="qwen",status="200"} 2' in text
+    assert 'llm_router_requests_total{model="a\\"b",status="502"} 1' in text
+    assert 'llm_router_request_duration_seconds_bucket{model="qwen",le="0.005"} 1' in text
+    assert 'llm_router_request_duration_seconds_bucket{model="qwen",le="0.25"} 2' in text
+    assert 'llm_router_request_duration_seconds_bucket{model="qwen",le="+Inf"} 2' in text
+    assert 'llm_router_request_duration_seconds_count{model="qwen"} 2' in text
+    assert 'llm_router_swaps_total{backend="tabby",result="ok"} 1' in text
+    assert 'llm_router_swap_duration_seconds_sum{backend="tabby"} 12.500000' in text
+    assert 'llm_router_backend_auth_failures_total{backend="sg"} 2' in text
+    for line in text.splitlines():
+        assert line.startswith('#') or line.startswith('llm_router_')
