@@ -1,0 +1,100 @@
+"""Checks of the sglang role on a systemd host running the SGLang test double."""
+import json
+import os
+import re
+import subprocess
+
+KEY = "sglang-KEY-a81c44e0"
+
+PROBE = r'''
+import json, urllib.request, urllib.error
+def call(port, path, headers=None):
+    req = urllib.request.Request("http://127.0.0.1:%%d%%s" %% (port, path), headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return [r.status, r.read().decode()]
+    except urllib.error.HTTPError as e:
+        return [e.code, e.read().decode()]
+K = "%s"
+out = {}
+for port in (30000, 30007):
+    out[port] = {
+        "health": call(port, "/health"),
+        "models_nokey": call(port, "/v1/models"),
+        "models_wrong": call(port, "/v1/models", {"Authorization": "Bearer wrong-key"}),
+        "models_bearer": call(port, "/v1/models", {"Authorization": "Bearer " + K}),
+        "models_x_api_key": call(port, "/v1/models", {"x-api-key": K}),
+    }
+print(json.dumps(out))
+''' % KEY
+
+
+def show(host, unit):
+    props = "ActiveState,UnitFileState,User,NoNewPrivileges,ProtectSystem,ProtectHome,PrivateTmp," \
+            "PrivateDevices,DevicePolicy,RestrictAddressFamilies,CapabilityBoundingSet,Restart,ReadWritePaths,MainPID"
+    out = host.check_output("systemctl show %s -p %s" % (unit, props))
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def test_instances_run_hardened(host):
+    for unit in ("sglang@chat.service", "sglang@code.service"):
+        p = show(host, unit)
+        assert p["ActiveState"] == "active", unit
+        assert p["UnitFileState"] == "enabled", unit
+        assert p["User"] == "sglang"
+        assert (p["NoNewPrivileges"], p["ProtectSystem"], p["ProtectHome"], p["PrivateTmp"]) == \
+            ("yes", "strict", "yes", "yes")
+        assert (p["PrivateDevices"], p["DevicePolicy"]) == ("no", "closed")
+        assert set(p["RestrictAddressFamilies"].split()) == {"AF_UNIX", "AF_INET", "AF_INET6"}
+        assert p["CapabilityBoundingSet"] == "" and p["Restart"] == "on-failure"
+        assert "/var/lib/sglang" in p["ReadWritePaths"]
+        assert host.check_output("ps -o user= -p %s" % p["MainPID"]).strip() == "sglang"
+    args = host.check_output("cat /proc/%s/cmdline | tr '\\0' ' '" % show(host, "sglang@code.service")["MainPID"])
+    assert "--port 30007 --tp 2" in args and "--served-model-name coder --mem-fraction-static 0.8" in args
+
+
+def test_listen_on_loopback_only(host):
+    listeners = host.check_output("ss -ltnH")
+    found = sorted(re.findall(r"\s(\S+):(30000|30007)\s", listeners))
+    assert found == [("127.0.0.1", "30000"), ("127.0.0.1", "30007")], listeners
+
+
+def test_files_owners_modes_and_no_key_in_unit(host):
+    stats = host.check_output(
+        "stat -c '%n %U:%G %a' /etc/sglang/chat.key /etc/sglang/code.key /etc/sglang/chat.env "
+        "/etc/systemd/system/sglang@.service /opt/sglang-venv/pip.conf")
+    assert stats.splitlines() == [
+        "/etc/sglang/chat.key root:root 600",
+        "/etc/sglang/code.key root:root 600",
+        "/etc/sglang/chat.env root:root 644",
+        "/etc/systemd/system/sglang@.service root:root 644",
+        "/opt/sglang-venv/pip.conf root:root 644",
+    ]
+    unit = host.check_output("cat /etc/systemd/system/sglang@.service /etc/sglang/chat.env /etc/sglang/code.env")
+    assert KEY not in unit
+    assert "--api-key ${SGLANG_API_KEY}" in unit and "EnvironmentFile=/etc/sglang/%i.key" in unit
+    assert host.check_output("cat /etc/sglang/chat.key").strip().endswith('SGLANG_API_KEY="%s"' % KEY)
+
+
+def test_key_is_checked_from_inside_the_host(host):
+    answers = json.loads(host.check_output("python3 -c '%s'" % PROBE.replace("'", "'\"'\"'")))
+    for port, model in (("30000", "/srv/models/chat-model"), ("30007", "coder")):
+        a = answers[port]
+        assert a["health"][0] == 200
+        assert a["models_nokey"] == [401, '{"error": "Unauthorized"}']
+        assert a["models_wrong"] == [401, '{"error": "Unauthorized"}']
+        for name in ("models_bearer", "models_x_api_key"):
+            assert a[name][0] == 200 and json.loads(a[name][1])["data"][0]["id"] == model
+
+
+def test_check_diff_changes_nothing_and_shows_no_key():
+    env = dict(os.environ)
+    run = subprocess.run(
+        ["ansible-playbook", "-i", env["MOLECULE_INVENTORY_FILE"], "--check", "--diff", "-v",
+         os.path.join(env["MOLECULE_SCENARIO_DIRECTORY"], "converge.yml")],
+        env=env, capture_output=True, text=True, timeout=300, check=False)
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output
+    recap = re.search(r"gpufleet-sglang\s*:.*changed=(\d+).*failed=(\d+)", output)
+    assert recap and recap.groups() == ("0", "0"), output
+    assert KEY not in output

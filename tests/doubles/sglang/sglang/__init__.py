@@ -1,0 +1,1 @@
+"""Test double for SGLang (sgl-project/sglang); see sglang.launch_server."""
