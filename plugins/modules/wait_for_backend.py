@@ -25,7 +25,7 @@ description:
   - The key never appears in the output, not even inside server or journal text.
   - Polling starts after 0.05 s and backs off to at most O(max_interval) seconds.
 author:
-  - gpufleet.llm contributors
+  - gpufleet.llm contributors (@gpufleet)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 attributes:

@@ -27,10 +27,11 @@ def _yaml_scalar(value):
     return "'%s'" % str(value).replace("'", "''")
 
 
-def write_play(directory, task_args, extra_tasks='', secret_vars=None, name='play.yml'):
+def write_play(directory, task_args, extra_tasks='', secret_vars=None, name='play.yml', warm_up=False):
     """Write play.yml (and vars.yml with secret_vars) into directory; return the play's path.
 
     task_args: dict of gpufleet.llm.wait_for_backend options; a value may be a Jinja string.
+    warm_up: run ansible.builtin.ping first, so the wait task does not pay Ansible's first-task costs.
     """
     lines = [
         '- name: Wait for a backend',
@@ -45,8 +46,10 @@ def write_play(directory, task_args, extra_tasks='', secret_vars=None, name='pla
             for key, value in secret_vars.items():
                 f.write('%s: %s\n' % (key, _yaml_scalar(value)))
         lines += ['  vars_files:', '    - vars.yml']
+    lines.append('  tasks:')
+    if warm_up:
+        lines += ['    - name: Warm up', '      ansible.builtin.ping:']
     lines += [
-        '  tasks:',
         '    - name: Wait for the backend',
         '      gpufleet.llm.wait_for_backend:',
     ]
