@@ -169,6 +169,7 @@ def main():
               % (offset, probe_latency, task_latency, attempts))
     print('    task returned: median %.3f s, max %.3f s; probe saw it: median %.3f s, max %.3f s' % (
         statistics.median(tasks), max(tasks), statistics.median(seen), max(seen)))
+
     def verdict(ok):
         return 'met' if ok else 'MISSED'
 

@@ -237,3 +237,30 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+
+def main(argv=None):
+    """Serve one fake backend in the foreground (used inside systemd test hosts)."""
+    import argparse
+    parser = argparse.ArgumentParser(description='Serve a fake LLM backend on 127.0.0.1.')
+    parser.add_argument('--kind', default='tabbyapi')
+    parser.add_argument('--port', type=int, required=True)
+    parser.add_argument('--key', action='append', default=[])
+    parser.add_argument('--model')
+    parser.add_argument('--load-after', type=float, default=0.0, help='seconds until the model is loaded')
+    args = parser.parse_args(argv)
+    fake = FakeBackend(args.kind, keys=args.key, model=None if args.load_after else args.model, port=args.port)
+    if args.load_after:
+        fake.at(args.load_after, model=args.model, loading=False)
+        fake.loading = True
+    fake.start()
+    print('serving %s on %s' % (args.kind, fake.url), flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        fake.stop()
+
+
+if __name__ == '__main__':
+    main()
