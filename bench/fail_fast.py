@@ -83,7 +83,7 @@ def bench_wrong_key(directory, backend, budget, runs):
                                   'model': MODEL, 'timeout': budget},
                       secret_vars={'tabbyapi_api_key': WRONG}, name='module.yml', warm_up=True)
     module_runs = []
-    for _ in range(runs):
+    for _run in range(runs):
         rc, out, wall, records = timed_play(directory, play)
         assert rc == 2 and WRONG not in out, out
         ping, task = records[-2], records[-1]
@@ -136,7 +136,7 @@ def bench_ready(directory, backend, runs, max_interval):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n', maxsplit=1)[0])
     parser.add_argument('--budget', type=float, default=60, help='seconds both waits may take (default 60)')
     parser.add_argument('--runs', type=int, default=7, help='runs of the ready-latency measurement (default 7)')
     parser.add_argument('--wrong-key-runs', type=int, default=3)

@@ -26,7 +26,7 @@ def galaxy(*args, cwd, collections_path):
     # Only the target path: with the checkout on the path, install would find gpufleet.llm "already installed".
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=collections_path, ANSIBLE_NOCOLOR='1')
     proc = subprocess.run([GALAXY] + list(args), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          universal_newlines=True, timeout=300)
+                          check=False, universal_newlines=True, timeout=300)
     assert proc.returncode == 0, proc.stdout
     return proc.stdout
 

@@ -79,5 +79,5 @@ def run_playbook(play, *args, collections_path=CHECKOUT_COLLECTIONS, cwd=None, e
     started = time.monotonic()
     proc = subprocess.run([ANSIBLE_PLAYBOOK, '-i', 'localhost,', play] + list(args), cwd=cwd or os.path.dirname(play),
                           env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout,
-                          universal_newlines=True)
+                          check=False, universal_newlines=True)
     return proc.returncode, proc.stdout, time.monotonic() - started
