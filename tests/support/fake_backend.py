@@ -15,6 +15,7 @@ __metaclass__ = type
 
 import json
 import socket
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,10 +36,11 @@ class FakeBackend:
     model: loaded model id (None: no model loaded)
     loading: llama.cpp/SGLang start-up phase (503 everywhere / on health)
     delay: seconds to sleep before every answer (to provoke request timeouts)
+    tls: (certificate file, key file) to serve HTTPS instead of HTTP
     forced: (status, body) to answer on every path instead, e.g. a proxy's 403
     """
 
-    def __init__(self, kind='tabbyapi', keys=('right-key',), model=None, loading=False, port=None):
+    def __init__(self, kind='tabbyapi', keys=('right-key',), model=None, loading=False, port=None, tls=None):
         if kind not in ('tabbyapi', 'llamacpp', 'sglang', 'vllm'):
             raise ValueError('unknown kind %s' % kind)
         self.kind = kind
@@ -48,7 +50,8 @@ class FakeBackend:
         self.delay = 0.0
         self.forced = None
         self.port = port or free_port()
-        self.url = 'http://127.0.0.1:%d' % self.port
+        self.tls = tls          # (certificate file, key file) to serve HTTPS
+        self.url = '%s://127.0.0.1:%d' % ('https' if tls else 'http', self.port)
         self.requests = []      # (monotonic time, method, path, headers dict, status)
         self._server = None
         self._thread = None
@@ -70,6 +73,10 @@ class FakeBackend:
         Handler.backend = backend
         self._server = ThreadingHTTPServer(('127.0.0.1', self.port), Handler)
         self._server.daemon_threads = True
+        if self.tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={'poll_interval': 0.01})
         self._thread.daemon = True
         self._thread.start()

@@ -261,3 +261,37 @@ def test_unknown_backend_is_refused(wait):
     rc, result, _out = wait(url='http://127.0.0.1:9', backend='ollama')
     assert rc == 1
     assert 'backend' in result['msg'] and 'ollama' in result['msg']
+
+
+@pytest.fixture(scope='module')
+def certificate(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1 made by the openssl command."""
+    import subprocess
+    d = tmp_path_factory.mktemp('tls')
+    cert, key = str(d / 'cert.pem'), str(d / 'key.pem')
+    subprocess.run(['openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert,
+                    '-days', '2', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return cert, key
+
+
+def test_untrusted_certificate_is_fatal_at_once(backend, wait, certificate):
+    fake = backend('tabbyapi', keys=[KEY], model='m', tls=certificate)
+    rc, result, _out = wait(url=fake.url, backend='tabbyapi', api_key=KEY, timeout=60)
+    assert rc == 1
+    assert result['msg'].startswith('tabbyapi at %s: TLS verification failed' % fake.url)
+    assert result['attempts'] == 1 and result['elapsed'] < 2
+    assert fake.requests == []
+
+
+def test_ca_path_trusts_the_certificate(backend, wait, certificate):
+    fake = backend('tabbyapi', keys=[KEY], model='m', tls=certificate)
+    rc, result, _out = wait(url=fake.url, backend='tabbyapi', api_key=KEY, ca_path=certificate[0], timeout=10)
+    assert rc == 0, result
+    assert fake.requests[0][3]['x-api-key'] == KEY
+
+
+def test_validate_certs_false_skips_verification(backend, wait, certificate):
+    fake = backend('tabbyapi', keys=[KEY], model='m', tls=certificate)
+    rc, result, _out = wait(url=fake.url, backend='tabbyapi', api_key=KEY, validate_certs=False, timeout=10)
+    assert rc == 0, result
