@@ -23,8 +23,8 @@ from run_play import TOP, run_playbook, write_play  # noqa: E402
 
 IMAGE = os.environ.get('GPUFLEET_HOST_IMAGE', 'localhost/gpufleet-host:bookworm')
 KEY = 'sk-unit-test-9a0b1c2d3e'
-PODMAN_ENV = dict(os.environ, CONTAINERS_CONF=os.environ.get('CONTAINERS_CONF',
-                                                              os.path.join(TOP, 'tests', 'hosts', 'containers.conf')))
+CONTAINERS_CONF = os.environ.get('CONTAINERS_CONF', os.path.join(TOP, 'tests', 'hosts', 'containers.conf'))
+PODMAN_ENV = dict(os.environ, CONTAINERS_CONF=CONTAINERS_CONF)
 
 UNITS = {
     # Serves a TabbyAPI-like API; its model is loaded 1.5 s after start.
