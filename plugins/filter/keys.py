@@ -243,6 +243,17 @@ def key_values(store, which='all'):
     return values
 
 
+def key_previous_by_scope(store):
+    """scope -> every old key of that scope (all fields), the keys that must be refused at the end."""
+    out = {}
+    for scope, secret in store.items():
+        prefix, fields = _scope(scope)
+        out[scope] = []
+        for field, kind in fields:
+            out[scope].extend(secret.get(field + '_previous') or [])
+    return out
+
+
 def key_store_problems(read_back, written, versions_before=None):
     """What is wrong after a write, as sentences that name scopes and versions, never a key.
 
@@ -291,4 +302,5 @@ class FilterModule(object):
             'key_end_rotation': key_end_rotation,
             'key_values': key_values,
             'key_store_problems': key_store_problems,
+            'key_previous_by_scope': key_previous_by_scope,
         }
