@@ -88,7 +88,7 @@ def test_key_is_checked_from_inside_the_host(host):
 
 
 def test_check_diff_changes_nothing_and_shows_no_key():
-    env = dict(os.environ)
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
     run = subprocess.run(
         ["ansible-playbook", "-i", env["MOLECULE_INVENTORY_FILE"], "--check", "--diff", "-v",
          os.path.join(env["MOLECULE_SCENARIO_DIRECTORY"], "converge.yml")],

@@ -140,7 +140,7 @@ def test_stop_stays_stopped_and_a_crash_restarts(host):
 
 
 def test_check_diff_changes_nothing_and_shows_no_key():
-    env = dict(os.environ)
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
     scenario = env["MOLECULE_SCENARIO_DIRECTORY"]
     run = subprocess.run(
         ["ansible-playbook", "-i", env["MOLECULE_INVENTORY_FILE"], "--check", "--diff", "-v",
