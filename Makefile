@@ -57,8 +57,17 @@ molecule: collection hosts-image
 
 test: lint sanity unit integration molecule
 
+# make site                      local demo: a systemd test host (podman), site.yml, a real request
+# make site INVENTORY=inventories/prod [SITE_ARGS="--limit gpu-01 --check --diff"]
+#   (vault password: ANSIBLE_VAULT_PASSWORD_FILE=... or SITE_ARGS=--ask-vault-pass)
+INVENTORY ?=
+SITE_ARGS ?=
 site: collection
-	@echo "site.yml is not written yet: it will converge a local systemd test host"
+ifeq ($(strip $(INVENTORY)),)
+	tests/tools/site-demo.sh $(SITE_ARGS)
+else
+	ansible-playbook -i $(INVENTORY) gpufleet.llm.site $(SITE_ARGS)
+endif
 
 clean:
 	rm -rf build tests/output .pytest_cache
