@@ -11,7 +11,7 @@ export ANSIBLE_ROLES_PATH := $(CURDIR)/roles
 export CONTAINERS_CONF := $(CURDIR)/tests/hosts/containers.conf
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help site test venv collection lint sanity unit integration hosts-image molecule clean
+.PHONY: role-docs help site test venv collection lint sanity unit integration hosts-image molecule clean
 
 help:
 	@echo "make site   run playbooks/site.yml (against a local systemd test host when no INVENTORY is given)"
@@ -68,6 +68,10 @@ ifeq ($(strip $(INVENTORY)),)
 else
 	ansible-playbook -i $(INVENTORY) gpufleet.llm.site $(SITE_ARGS)
 endif
+
+# docs/roles.md from roles/*/meta/argument_specs.yml (tests/unit/test_role_docs.py fails while stale).
+role-docs: venv
+	python tests/tools/gen_role_docs.py
 
 clean:
 	rm -rf build tests/output .pytest_cache

@@ -23,6 +23,13 @@ started=$(date +%s)
 say() { printf '\n=== %s\n' "$*"; }
 
 say "1/4 what the demo host needs (built once, then cached)"
+# A fresh Debian machine: podman + runc (test host), debootstrap (its image), a C++ toolchain (llama-server).
+need=()
+for tool in podman runc debootstrap cmake g++ make; do command -v "$tool" >/dev/null || need+=("$tool"); done
+if ((${#need[@]})); then
+  echo "installing ${need[*]} with apt-get"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null
+fi
 tests/hosts/build-image.sh
 mkdir -p "$DEMO"
 chmod 0700 "$DEMO"
@@ -71,9 +78,8 @@ import sys, yaml
 keys = yaml.safe_load(sys.stdin)["vault_llm_router_client_api_keys"]
 sys.stdout.write("Authorization: Bearer %s\n" % keys[0])' > "$DEMO/router-auth.header"
 url="http://127.0.0.1:$PORT"
-model=$(ansible-inventory -i "$INV" --host "$NAME" | python3 -c '
-import json, sys
-print(json.load(sys.stdin)["gpufleet_demo_model"])')
+# The router names a llama.cpp model after its GGUF file (inventories/local: tiny.gguf).
+model=tiny
 body=$(printf '{"model": "%s", "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 16}' "$model")
 answer=$(curl -sS --fail-with-body -m 120 -H @"$DEMO/router-auth.header" -H 'Content-Type: application/json' \
   -d "$body" "$url/v1/chat/completions")
