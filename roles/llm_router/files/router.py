@@ -409,9 +409,12 @@ class Switchboard:
                                 % (b.name, b.inflight, self.cfg.drain_timeout), 'backend_busy') from None
 
     async def _run(self, *args, timeout):
-        proc = await asyncio.create_subprocess_exec(
-            *self.cfg.systemctl, *args, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.cfg.systemctl, *args, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        except OSError as e:
+            return None, 'cannot run %s: %s' % (self.cfg.systemctl[0], e.strerror)
         try:
             out, _ = await asyncio.wait_for(proc.communicate(), timeout)
         except asyncio.TimeoutError:
@@ -434,7 +437,7 @@ class Switchboard:
         if rc != 0:
             _, state = await self.unit_state(b)
             raise SwapError(502, 'systemctl %s %s failed (%s): %s; unit state: %s'
-                            % (verb, b.unit, 'exit %s' % rc if rc is not None else 'no answer',
+                            % (verb, b.unit, 'exit %s' % rc if rc is not None else 'did not complete',
                                ' '.join(out.split())[:300], state), 'backend_unit_failed')
 
     async def _probe_get(self, b, path, headers, deadline):
@@ -534,7 +537,7 @@ async def proxy(request):
                             'invalid_request_error', param='model')
     model = cfg.models.get(name)
     if model is None:
-        metrics.observe(name if len(name) < 100 else '(long)', 404, time.monotonic() - started)
+        metrics.observe('(unknown)', 404, time.monotonic() - started)   # bounded label set
         return openai_error(404, 'The model %r does not exist' % name[:100], 'invalid_request_error',
                             code='model_not_found', param='model')
     status = 500
@@ -547,6 +550,9 @@ async def proxy(request):
         try:
             status, response = await relay(request, model, body)
             return response
+        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError):
+            status = 502                 # the backend failed after the answer had started: cut
+            raise
         finally:
             board.release(model.backend)
     except asyncio.CancelledError:

@@ -196,7 +196,7 @@ def test_metrics_counters_move(stack):
     m1 = httpx.get(r.url + '/metrics', headers=AUTH).text
     ok = 'llm_router_requests_total{model="s1",status="200"}'
     assert metric(m1, ok) == metric(m0, ok) + 3
-    assert metric(m1, 'llm_router_requests_total{model="nope",status="404"}') == 1
+    assert metric(m1, 'llm_router_requests_total{model="(unknown)",status="404"}') == 1   # no label per name
     assert metric(m1, 'llm_router_client_auth_failures_total') == metric(m0, 'llm_router_client_auth_failures_total') + 1
     assert metric(m1, 'llm_router_request_duration_seconds_count{model="s1"}') == metric(m0, 'llm_router_request_duration_seconds_count{model="s1"}') + 3
     assert metric(m1, 'llm_router_swaps_total{backend="sg",result="ok"}') == 1

@@ -176,3 +176,17 @@ def test_sigterm_lets_in_flight_requests_finish(procs):
             httpx.get(r.url + '/health')
         assert pending.result().status_code == 200              # but the one in flight finished
     assert r.proc.wait(10) == 0
+
+
+def test_systemctl_that_cannot_run_fails_the_swap_with_502(procs):
+    double, router = procs
+    sg = double('openai', api_keys=[SGLANG_KEY], models='s1')
+    r = router({'backends': {'sg': {'kind': 'sglang', 'url': sg.url, 'key_env': 'SGLANG_KEY',
+                                    'unit': 'dbl-sg.service'}},
+                'models': {'s1': {'backend': 'sg'}}, 'systemctl': ['/nonexistent/systemctl']})
+    resp = post(r, 's1')
+    assert resp.status_code == 502
+    err = resp.json()['error']
+    assert err['code'] == 'backend_unit_failed'
+    assert 'systemctl start dbl-sg.service failed (did not complete): cannot run /nonexistent/systemctl' in err['message']
+    assert httpx.get(r.url + '/health').json()['status'] == 'ok'
