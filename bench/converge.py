@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+# Copyright (c) 2026, gpufleet.llm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Wall time of playbooks/site.yml: a fresh converge and an idempotent re-run, on 1 and on 4 hosts.
+
+    .venv/bin/python bench/converge.py [--sizes 1 4] [--groups llamacpp llm_router] [--keep]
+
+Each size gets its own podman systemd test hosts (localhost/gpufleet-host:bookworm, `make
+hosts-image`), named gpufleet-bench-<n>, removed afterwards (also on failure; --keep leaves them).
+The hosts run a real llama-server with a tiny real GGUF model (tests/tools/build-llama-server.sh,
+tests/tools/make-tiny-gguf.py) and, when the group list has it, the router in front of it; every
+backend passes its readiness gate, so "converged" means "serves". All hosts of a size form one batch
+(gpufleet_serial = size), which is how a fleet converges when the rollout is not the point.
+
+Printed per size: seconds of the fresh converge and of the re-run, and the changed/failed counts of
+the re-run (the goal: changed=0). The goal for the fleet: 4 hosts take at most 1.5x one host.
+Figures and the machine they came from: docs/converge.md.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGE = os.environ.get('GPUFLEET_HOST_IMAGE', 'localhost/gpufleet-host:bookworm')
+ENV = dict(os.environ)
+ENV.setdefault('CONTAINERS_CONF', str(REPO / 'tests' / 'hosts' / 'containers.conf'))
+ENV['ANSIBLE_CONFIG'] = str(REPO / 'ansible.cfg')
+ENV['ANSIBLE_COLLECTIONS_PATH'] = str(REPO / 'build' / 'collections')
+ENV['PATH'] = '%s:%s' % (REPO / '.venv' / 'bin', ENV.get('PATH', ''))
+ENV['ANSIBLE_FORCE_COLOR'] = '0'
+# Bench-only keys (throw-away hosts); the bench never prints them.
+KEYS = {
+    'tabbyapi_api_key': 'bench-tabby-api-KEY-61c0a9d2e4f8b7',
+    'tabbyapi_admin_key': 'bench-tabby-admin-KEY-e2b7c4a19d03f5',
+    'llamacpp_api_key': 'bench-llamacpp-KEY-47d1f0c8a3b96e',
+    'sglang_api_key': 'bench-sglang-KEY-9a5e3c1f07b2d8',
+    'llm_router_client_api_keys': ['bench-client-KEY-0f8e6d2c4b1a93'],
+}
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, env=ENV, check=True, capture_output=True, text=True, **kw)
+
+
+def artifacts(workdir):
+    """A llama-server binary (cached build) and the tiny model, and the packed test doubles."""
+    server = run([str(REPO / 'tests' / 'tools' / 'build-llama-server.sh')]).stdout.strip().splitlines()[-1]
+    model = workdir / 'tiny.gguf'
+    run([sys.executable, str(REPO / 'tests' / 'tools' / 'make-tiny-gguf.py'), str(model)])
+    doubles = REPO / 'tests' / 'doubles'
+    run(['bash', '-c', 'set -o pipefail; tar -C "%s" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner '
+         '--exclude=__pycache__ -c tabbyapi | gzip -n > "%s"' % (doubles, workdir / 'tabbyapi-double.tar.gz')])
+    run(['bash', '-c', 'set -o pipefail; tar -C "%s" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner '
+         '--exclude=__pycache__ --transform "s,^sglang,sglang-0.0.0," -c sglang | gzip -n > "%s"'
+         % (doubles, workdir / 'sglang-0.0.0.tar.gz')])
+    return {'server': server, 'model': str(model), 'dir': str(workdir)}
+
+
+def start_hosts(names):
+    for name in names:
+        subprocess.run(['podman', 'rm', '-f', name], env=ENV, capture_output=True, check=False)
+        run(['podman', 'run', '-d', '--name', name, '--hostname', name, '--systemd=always', IMAGE, '/sbin/init'])
+    deadline = time.monotonic() + 90
+    for name in names:
+        while True:
+            state = subprocess.run(['podman', 'exec', name, 'systemctl', 'is-system-running'], env=ENV,
+                                   capture_output=True, text=True, check=False).stdout.strip()
+            if state in ('running', 'degraded'):
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit('%s: systemd did not come up (%s)' % (name, state))
+            time.sleep(0.5)
+
+
+def remove_hosts(names):
+    for name in names:
+        subprocess.run(['podman', 'rm', '-f', '-t', '2', name], env=ENV, capture_output=True, check=False)
+
+
+def write_inventory(path, names, groups, art):
+    """A YAML inventory: every host in every group of the list, vars like inventories/local."""
+    host_map = {n: None for n in names}
+    variables = dict(KEYS)
+    variables.update({
+        'ansible_connection': 'containers.podman.podman',
+        'ansible_python_interpreter': '/usr/bin/python3',
+        'gpufleet_serial': len(names),
+        'llamacpp_install_method': 'copy',
+        'llamacpp_binary_src': art['server'],
+        'llamacpp_private_devices': True,
+        'llamacpp_instances': [{'name': 'tiny', 'model_src': art['model'], 'ctx_size': 512, 'threads': 1}],
+        'tabbyapi_install_method': 'archive',
+        'tabbyapi_archive_src': art['dir'] + '/tabbyapi-double.tar.gz',
+        'tabbyapi_pip_extras': '',
+        'tabbyapi_pip_cert': '/usr/local/share/gpufleet-controller-ca.crt',
+        'tabbyapi_service_state': 'stopped',
+        'sglang_pip_src': art['dir'] + '/sglang-0.0.0.tar.gz',
+        'sglang_pip_cert': '/usr/local/share/gpufleet-controller-ca.crt',
+        'sglang_instances': [{'name': 'chat', 'model_path': '/srv/models/chat'}],
+        'sglang_service_state': 'stopped',
+        'llm_router_pip_cert': '/usr/local/share/gpufleet-controller-ca.crt',
+    })
+    inventory = {'all': {'vars': variables, 'children': {g: {'hosts': host_map} for g in groups}}}
+    path.write_text(json.dumps(inventory, indent=1))
+
+
+def converge(inventory):
+    """(seconds, {host: recap counts}, output) of one ansible-playbook gpufleet.llm.site run."""
+    started = time.monotonic()
+    proc = subprocess.run(['ansible-playbook', '-i', str(inventory), 'gpufleet.llm.site'], env=ENV,
+                          capture_output=True, text=True, check=False)
+    took = time.monotonic() - started
+    output = proc.stdout + proc.stderr
+    recap = {}
+    for host, counts in re.findall(r'^(gpufleet-bench-\d+)\s*:\s*(.*)$', output, re.M):
+        recap[host] = {k: int(v) for k, v in re.findall(r'(\w+)=(\d+)', counts)}
+    if proc.returncode != 0:
+        sys.stderr.write(output[-6000:])
+        raise SystemExit('ansible-playbook failed (rc %d)' % proc.returncode)
+    for secret in [v for v in KEYS.values() if isinstance(v, str)] + KEYS['llm_router_client_api_keys']:
+        if secret in output:
+            raise SystemExit('a key appeared in the output of site.yml')
+    return took, recap, output
+
+
+def total(recap, field):
+    return sum(c.get(field, 0) for c in recap.values())
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--sizes', type=int, nargs='+', default=[1, 4])
+    parser.add_argument('--groups', nargs='+', default=['llamacpp', 'llm_router'],
+                        choices=['tabbyapi', 'llamacpp', 'sglang', 'llm_router'],
+                        help='groups every bench host is in (tabbyapi and sglang: doubles, installed, stopped)')
+    parser.add_argument('--keep', action='store_true', help='leave the hosts running')
+    parser.add_argument('--json', action='store_true', help='print the figures as JSON too')
+    args = parser.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix='gpufleet-bench-'))
+    results = []
+    try:
+        art = artifacts(work)
+        for size in args.sizes:
+            names = ['gpufleet-bench-%d' % i for i in range(1, size + 1)]
+            inventory = work / ('inventory-%d.json' % size)
+            write_inventory(inventory, names, args.groups, art)
+            start_hosts(names)
+            try:
+                fresh, fresh_recap, _ = converge(inventory)
+                again, again_recap, _ = converge(inventory)
+            finally:
+                if not args.keep:
+                    remove_hosts(names)
+            row = {'hosts': size, 'fresh_s': round(fresh, 1), 'rerun_s': round(again, 1),
+                   'fresh_changed': total(fresh_recap, 'changed'), 'rerun_changed': total(again_recap, 'changed'),
+                   'rerun_failed': total(again_recap, 'failed'),
+                   'tasks_per_host': round(total(again_recap, 'ok') / max(size, 1))}
+            results.append(row)
+            print('%d host(s): fresh converge %.1f s (changed=%d), re-run %.1f s (changed=%d, failed=%d)'
+                  % (size, fresh, row['fresh_changed'], again, row['rerun_changed'], row['rerun_failed']),
+                  flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    print()
+    print('| hosts | fresh converge | idempotent re-run | re-run changed | ok tasks per host |')
+    print('|---|---|---|---|---|')
+    for r in results:
+        print('| %d | %.1f s | %.1f s | %d | %d |' % (r['hosts'], r['fresh_s'], r['rerun_s'],
+                                                    r['rerun_changed'], r['tasks_per_host']))
+    by_size = {r['hosts']: r for r in results}
+    if 1 in by_size and 4 in by_size:
+        for kind in ('fresh_s', 'rerun_s'):
+            ratio = by_size[4][kind] / by_size[1][kind]
+            print('4 hosts / 1 host, %s: %.2fx (goal <= 1.5x: %s)'
+                  % (kind[:-2], ratio, 'met' if ratio <= 1.5 else 'MISSED'))
+    print('load average at the end: %s' % ' '.join(open('/proc/loadavg').read().split()[:3]))
+    if args.json:
+        print(json.dumps(results))
+    return 0 if all(r['rerun_changed'] == 0 for r in results) else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
