@@ -129,7 +129,7 @@ def test_limit_converges_only_the_named_host():
 
 
 def test_rolling_run_with_a_wrong_key_stops_at_that_host_and_the_host_before_keeps_serving(hosts):
-    wrong_key = os.path.join(os.environ["MOLECULE_SCENARIO_DIRECTORY"], "wrong-key.yml")
+    wrong_key = os.path.join(os.environ["MOLECULE_SCENARIO_DIRECTORY"], "inventory", "wrong-key.yml")
     rc, output = run_site("-i", wrong_key, "-e", "gpufleet_serial=1")
     assert rc == 2, output
     rolling = output[output.index("PLAY [Rolling rollout"):output.index("PLAY RECAP")]
