@@ -1,9 +1,30 @@
 """A converge with a key TabbyAPI refuses fails at the gate, fast, with the 401 text and no key."""
+import json
 import os
 import subprocess
 import time
 
-KEYS = ("router-WRONG-KEY-5e6f", "tabby-api-KEY-3f9c1e7d", "tabby-admin-KEY-77ab02c4")
+API_KEY = "tabby-api-KEY-3f9c1e7d"
+PREVIOUS_KEY = "tabby-previous-KEY-0d1e"
+KEYS = ("router-WRONG-KEY-5e6f", API_KEY, "tabby-admin-KEY-77ab02c4", PREVIOUS_KEY)
+
+STATUS = ("python3 -c 'import urllib.request as u, urllib.error as e, sys\n"
+          "r = u.Request(\"http://127.0.0.1:5000/v1/model\", headers={\"x-api-key\": sys.argv[1]})\n"
+          "try: print(u.urlopen(r, timeout=5).status)\n"
+          "except e.HTTPError as x: print(x.code)' %s")
+
+
+def playbook(name):
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    started = time.monotonic()
+    run = subprocess.run(
+        ["ansible-playbook", "-i", env["MOLECULE_INVENTORY_FILE"], "--diff",
+         os.path.join(env["MOLECULE_SCENARIO_DIRECTORY"], name)],
+        env=env, capture_output=True, text=True, timeout=300, check=False)
+    output = run.stdout + run.stderr
+    for key in KEYS:
+        assert key not in output
+    return run.returncode, output, time.monotonic() - started
 
 
 def test_backend_runs_with_the_vault_key_only(host):
@@ -13,20 +34,27 @@ def test_backend_runs_with_the_vault_key_only(host):
     assert "router-WRONG-KEY-5e6f" not in tokens
 
 
+def test_main_branch_takes_a_key_list_and_rereads_it(host):
+    rc, output, _ = playbook("main-branch.yml")
+    assert rc == 0, output
+    tokens = host.check_output("cat /opt/tabbyapi/api_tokens.yml")
+    assert 'api_key: ["%s", "%s"]' % (API_KEY, PREVIOUS_KEY) in tokens
+    assert host.check_output(STATUS % PREVIOUS_KEY) == "200"
+    pid = host.check_output("systemctl show -p MainPID --value tabbyapi.service")
+    host.check_output("sed -i 's/, \"%s\"//' /opt/tabbyapi/api_tokens.yml" % PREVIOUS_KEY)
+    deadline = time.time() + 6
+    while host.check_output(STATUS % PREVIOUS_KEY) != "401" and time.time() < deadline:
+        time.sleep(0.5)
+    assert host.check_output(STATUS % PREVIOUS_KEY) == "401"
+    assert host.check_output(STATUS % API_KEY) == "200"
+    assert host.check_output("systemctl show -p MainPID --value tabbyapi.service") == pid
+
+
 def test_converge_with_wrong_key_fails_at_the_gate_within_seconds(host):
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
-    started = time.monotonic()
-    run = subprocess.run(
-        ["ansible-playbook", "-i", env["MOLECULE_INVENTORY_FILE"], "--diff",
-         os.path.join(env["MOLECULE_SCENARIO_DIRECTORY"], "wrong-key.yml")],
-        env=env, capture_output=True, text=True, timeout=300, check=False)
-    took = time.monotonic() - started
-    output = run.stdout + run.stderr
-    assert run.returncode == 2, output
+    rc, output, took = playbook("wrong-key.yml")
+    assert rc == 2, output
     assert "accept the key" in output and "Invalid API key" in output, output
     assert "http://127.0.0.1:5000" in output, output
     assert took < 60, "the failing converge took %.0f s" % took
-    for key in KEYS:
-        assert key not in output
     # The failed gate left the service itself alone.
     assert host.service("tabbyapi.service").is_running

@@ -8,7 +8,8 @@ what the roles and the router depend on, as described in docs/backends.md:
   (or ``--config``) and ``api_tokens.yml`` from the working directory. Unknown top-level sections
   (for example ``auth:``) are ignored silently, as TabbyAPI does. Without ``api_tokens.yml`` it
   writes one with random keys, as TabbyAPI does.
-* the branch it imitates comes from the file ``VERSION`` next to this file: ``exl2-checkpoint``
+* the branch it imitates comes from the environment variable ``TABBY_DOUBLE_BRANCH`` or else the
+  file ``VERSION`` next to this file: ``exl2-checkpoint``
   (the default) accepts only a string ``api_key`` and exits with the validation error
   ``api_key: Input should be a valid string`` on a list; ``main`` accepts a list of keys and
   re-reads ``api_tokens.yml`` while running.
@@ -41,6 +42,8 @@ LOAD_SECONDS = float(os.environ.get("TABBY_DOUBLE_LOAD_SECONDS", "1"))
 
 
 def branch():
+    if os.environ.get("TABBY_DOUBLE_BRANCH"):
+        return os.environ["TABBY_DOUBLE_BRANCH"]
     try:
         with open(os.path.join(HERE, "VERSION"), encoding="utf-8") as handle:
             return handle.read().strip() or "exl2-checkpoint"
