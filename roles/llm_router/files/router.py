@@ -15,8 +15,9 @@ Read it top to bottom: config -> auth -> backend lifecycle -> proxy -> HTTP app.
   TabbyAPI's admin API when needed, and waits until the backend accepts the router's key.
 * Readiness is read by ``_backend_probe`` (shipped next to this file), the same code the
   ``gpufleet.llm.wait_for_backend`` module uses.
-* HTTP on both sides is aiohttp (one pooled client session): see docs/router.md for the
-  measurements behind that choice.
+* Clients are served by aiohttp.web; backends are reached through the small keep-alive HTTP/1.1
+  client below (one connection pool per backend, for the whole process): see docs/router.md for
+  the measurements behind that choice.
 """
 
 import argparse
@@ -26,11 +27,11 @@ import json
 import logging
 import os
 import re
+import ssl
 import sys
 import time
 from dataclasses import dataclass, field
 
-import aiohttp
 import yaml
 from aiohttp import web
 
@@ -69,6 +70,7 @@ class Backend:
     last_error: str = ''
     inflight: int = 0
     idle: asyncio.Event | None = None
+    upstream: 'Upstream | None' = None   # this backend's connection pool
 
 
 @dataclass
@@ -293,6 +295,187 @@ class Metrics:
 
 
 # ---------------------------------------------------------------------------------------------
+# Upstream HTTP/1.1 client (router -> backends)
+# ---------------------------------------------------------------------------------------------
+# Small on purpose: measured at a quarter of aiohttp's client CPU per request (docs/router.md).
+# It speaks only what the router needs: one request at a time per connection, keep-alive,
+# Content-Length or chunked request bodies out (always Content-Length), and answers framed by
+# Content-Length, chunked transfer-encoding, or connection close (RFC 9112 section 6.3).
+
+class UpstreamError(Exception):
+    """The backend could not be reached or broke the HTTP exchange."""
+
+
+_NO_BODY = frozenset((204, 304))
+_MAX_HEAD = 64 * 1024
+
+
+class Answer:
+    """One backend answer: status, headers (lower-case names), body read or iterated once."""
+
+    def __init__(self, pool, conn, status, headers, timeout):
+        self.pool, self.conn, self.status, self.headers, self.timeout = pool, conn, status, headers, timeout
+        self.done = False
+        te = headers.get('transfer-encoding', '').lower()
+        if status in _NO_BODY or 100 <= status < 200:
+            self.length, self.chunked = 0, False
+        elif te:
+            if te.rsplit(',', 1)[-1].strip() != 'chunked':
+                raise UpstreamError('unsupported transfer-encoding %r' % te)
+            self.length, self.chunked = None, True
+        elif 'content-length' in headers:
+            try:
+                self.length = int(headers['content-length'])
+            except ValueError:
+                raise UpstreamError('bad content-length') from None
+            if self.length < 0:
+                raise UpstreamError('bad content-length')
+            self.chunked = False
+        else:
+            self.length, self.chunked = None, False         # until the backend closes
+        self.reusable = (self.length is not None or self.chunked) and \
+            'close' not in headers.get('connection', '').lower()
+
+    async def _read(self, coro):
+        async with asyncio.timeout(self.timeout):
+            return await coro
+
+    async def chunks(self):
+        """Yield the body as it arrives (chunk framing removed); return the connection to the pool."""
+        reader = self.conn[0]
+        try:
+            if self.chunked:
+                while True:
+                    line = await self._read(reader.readuntil(b'\r\n'))
+                    size = int(line.split(b';', 1)[0].strip(), 16)
+                    if size == 0:
+                        while await self._read(reader.readuntil(b'\r\n')) != b'\r\n':
+                            pass                                   # trailers: dropped
+                        break
+                    data = await self._read(reader.readexactly(size + 2))
+                    if data[-2:] != b'\r\n':
+                        raise UpstreamError('bad chunk framing')
+                    yield data[:-2]
+            elif self.length is not None:
+                left = self.length
+                while left:
+                    data = await self._read(reader.read(min(left, 1 << 20)))
+                    if not data:
+                        raise UpstreamError('connection closed %d bytes before the end of the body' % left)
+                    left -= len(data)
+                    yield data
+            else:
+                while data := await self._read(reader.read(1 << 20)):
+                    yield data
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, ConnectionError) as e:
+            raise UpstreamError('broken answer: %s' % type(e).__name__) from None
+        except TimeoutError:
+            raise UpstreamError('no data for %g s' % self.timeout) from None
+        self.done = True
+        self.release()
+
+    async def read(self):
+        return b''.join([c async for c in self.chunks()])
+
+    def release(self):
+        """Back to the pool when the body was read to its end, else the connection is dropped."""
+        if self.conn is None:
+            return
+        conn, self.conn = self.conn, None
+        if self.done and self.reusable:
+            self.pool.put(conn)
+        else:
+            conn[1].close()
+
+
+class Upstream:
+    """Keep-alive connections to one backend (idle ones are reused, newest first)."""
+
+    def __init__(self, url, connect_timeout):
+        scheme, _, hostport = url.partition('://')
+        host, _, port = hostport.rpartition(':') if ':' in hostport.rsplit(']', 1)[-1] else (hostport, '', '')
+        self.host = host.strip('[]')
+        self.port = int(port) if port else (443 if scheme == 'https' else 80)
+        self.ssl = ssl.create_default_context() if scheme == 'https' else None
+        self.hostheader = hostport.encode('ascii')
+        self.connect_timeout = connect_timeout
+        self.idle = []
+
+    def put(self, conn):
+        self.idle.append(conn)
+
+    def close(self):
+        while self.idle:
+            self.idle.pop()[1].close()
+
+    async def request(self, method, path, headers, body=b'', timeout=600.0):
+        """Send one request; return an Answer once its status line and headers arrived."""
+        head = [b'%s %s HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n'
+                % (method.encode(), path.encode(), self.hostheader, len(body))]
+        head += [b'%s: %s\r\n' % (k.encode('latin-1'), v.encode('latin-1')) for k, v in headers.items()]
+        data = b''.join(head) + b'\r\n' + body
+        while self.idle:                  # a reused connection the backend closed meanwhile: retry fresh
+            conn = self.idle.pop()
+            if conn[0].at_eof() or conn[1].is_closing():
+                conn[1].close()
+                continue
+            answer = await self._exchange(conn, data, timeout, reused=True)
+            if answer is not None:
+                return answer
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                conn = await asyncio.open_connection(self.host, self.port, ssl=self.ssl, limit=_MAX_HEAD)
+        except TimeoutError:
+            raise UpstreamError('connect timed out after %g s' % self.connect_timeout) from None
+        except OSError as e:
+            raise UpstreamError('cannot connect: %s' % (e.strerror or type(e).__name__)) from None
+        return await self._exchange(conn, data, timeout, reused=False)
+
+    async def _exchange(self, conn, data, timeout, reused):
+        reader, writer = conn
+        try:
+            writer.write(data)
+            async with asyncio.timeout(timeout):
+                while True:
+                    try:
+                        raw = await reader.readuntil(b'\r\n\r\n')
+                    except asyncio.IncompleteReadError as e:
+                        if reused and not e.partial:
+                            writer.close()
+                            return None       # stale keep-alive connection: caller retries once fresh
+                        raise
+                    status, headers = _parse_head(raw)
+                    if status >= 200:
+                        break                 # 1xx interim answers are skipped
+            return Answer(self, conn, status, headers, timeout)
+        except BaseException as e:
+            writer.close()
+            if isinstance(e, TimeoutError):
+                raise UpstreamError('no answer within %g s' % timeout) from None
+            if isinstance(e, (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, ConnectionError)):
+                raise UpstreamError('connection broken: %s' % type(e).__name__) from None
+            raise
+
+
+def _parse_head(raw):
+    lines = raw[:-4].decode('latin-1').split('\r\n')
+    version, _, rest = lines[0].partition(' ')
+    if not version.startswith('HTTP/1.'):
+        raise ValueError('not HTTP/1.x')
+    status = int(rest[:3])
+    headers = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(':')
+        if not sep or name != name.strip() or line[:1] in ' \t':
+            raise ValueError('bad header line')
+        name, value = name.lower(), value.strip()
+        headers[name] = headers[name] + ', ' + value if name in headers else value
+    if version == 'HTTP/1.0' and 'keep-alive' not in headers.get('connection', '').lower():
+        headers['connection'] = 'close'
+    return status, headers
+
+
+# ---------------------------------------------------------------------------------------------
 # Backend lifecycle
 # ---------------------------------------------------------------------------------------------
 
@@ -314,12 +497,13 @@ class Swap:
 class Switchboard:
     """Which backend is active, and the one swap in progress (if any)."""
 
-    def __init__(self, cfg, session, metrics):
-        self.cfg, self.session, self.metrics = cfg, session, metrics
+    def __init__(self, cfg, metrics):
+        self.cfg, self.metrics = cfg, metrics
         self.swap = None
         for b in cfg.backends.values():
             b.idle = asyncio.Event()
             b.idle.set()
+            b.upstream = Upstream(b.url, b.connect_timeout)
 
     # -- admission -----------------------------------------------------------------------------
 
@@ -441,9 +625,12 @@ class Switchboard:
                                ' '.join(out.split())[:300], state), 'backend_unit_failed')
 
     async def _probe_get(self, b, path, headers, deadline):
-        timeout = aiohttp.ClientTimeout(total=max(0.5, min(10.0, deadline - time.monotonic())))
-        async with self.session.get(b.url + path, headers=headers, timeout=timeout) as r:
-            return r.status, await r.read()
+        answer = await b.upstream.request('GET', path, headers, b'',
+                                          timeout=max(0.5, min(10.0, deadline - time.monotonic())))
+        try:
+            return answer.status, await answer.read()
+        finally:
+            answer.release()
 
     async def _wait_ready(self, model, deadline):
         """Poll the backend's key-checking endpoint until READY; fail fast on what cannot heal."""
@@ -455,8 +642,8 @@ class Switchboard:
         while True:
             try:
                 status, body = await self._probe_get(b, endpoint, headers, deadline)
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
-                status, body, last = None, b'', 'cannot connect: %s' % (type(e).__name__,)
+            except UpstreamError as e:
+                status, body, last = None, b'', str(e)
             if status is not None:
                 verdict, detail, models = probe.classify(status, body, want)
                 if verdict == probe.READY:
@@ -490,18 +677,23 @@ class Switchboard:
         """POST /v1/model/load with the admin key; the answer is a stream we read to its end."""
         log.info('loading model %s on backend %s', model_id, b.name)
         headers = probe.auth_headers('x-admin-key', b.key)
-        timeout = aiohttp.ClientTimeout(total=max(1.0, deadline - time.monotonic()))
+        headers['Content-Type'] = 'application/json'
+        answer = None
         try:
-            async with self.session.post(b.url + '/v1/model/load', json={'model_name': model_id},
-                                         headers=headers, timeout=timeout) as r:
-                body = await r.read()
-                status = r.status
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(max(1.0, deadline - time.monotonic())):
+                answer = await b.upstream.request('POST', '/v1/model/load', headers,
+                                                  json.dumps({'model_name': model_id}).encode(),
+                                                  timeout=self.cfg.readiness_timeout)
+                body, status = await answer.read(), answer.status
+        except TimeoutError:
             raise SwapError(504, 'backend %s: loading model %s did not finish in time' % (b.name, model_id),
                             'backend_timeout') from None
-        except aiohttp.ClientError as e:
-            raise SwapError(502, 'backend %s: model load request failed: %s' % (b.name, type(e).__name__),
+        except UpstreamError as e:
+            raise SwapError(502, 'backend %s: model load request failed: %s' % (b.name, e),
                             'backend_error') from None
+        finally:
+            if answer is not None:
+                answer.release()
         if status in probe.DEFAULT_REJECT_STATUSES:
             self.metrics.backend_auth_failures[b.name] = self.metrics.backend_auth_failures.get(b.name, 0) + 1
             raise SwapError(502, probe.rejection_message(b.name, b.url, '/v1/model/load', 'x-admin-key', status,
@@ -550,8 +742,11 @@ async def proxy(request):
         try:
             status, response = await relay(request, model, body)
             return response
-        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError):
+        except UpstreamError:
             status = 502                 # the backend failed after the answer had started: cut
+            raise
+        except ConnectionError:
+            status = 499                 # the client went away while we wrote to it
             raise
         finally:
             board.release(model.backend)
@@ -571,38 +766,30 @@ async def relay(request, model, body):
     headers['Content-Type'] = request.headers.get('Content-Type', 'application/json')
     if 'Accept' in request.headers:
         headers['Accept'] = request.headers['Accept']
-    timeout = aiohttp.ClientTimeout(total=None, connect=b.connect_timeout, sock_read=b.read_timeout)
-    session = request.app['session']
-    upstream = None
-    response = None
+    answer = response = None
     try:
-        upstream = await session.post(b.url + request.path, data=body, headers=headers, timeout=timeout)
-        ctype = upstream.headers.get('Content-Type', 'application/octet-stream')
-        if upstream.content_length is not None and not ctype.startswith('text/event-stream'):
-            data = await upstream.read()
-            return upstream.status, web.Response(body=data, status=upstream.status,
-                                                 headers={'Content-Type': ctype})
-        response = web.StreamResponse(status=upstream.status, headers={'Content-Type': ctype})
+        answer = await b.upstream.request('POST', request.path_qs, headers, body, timeout=b.read_timeout)
+        ctype = answer.headers.get('content-type', 'application/octet-stream')
+        if answer.length is not None and not ctype.startswith('text/event-stream'):
+            data = await answer.read()
+            return answer.status, web.Response(body=data, status=answer.status, headers={'Content-Type': ctype})
+        response = web.StreamResponse(status=answer.status, headers={'Content-Type': ctype})
         response.enable_chunked_encoding()
         await response.prepare(request)
-        async for chunk in upstream.content.iter_any():
+        async for chunk in answer.chunks():
             await response.write(chunk)
         await response.write_eof()
-        return upstream.status, response
-    except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as e:
-        why = 'backend %s (%s) failed during the request: %s' % (b.name, b.url, type(e).__name__)
+        return answer.status, response
+    except UpstreamError as e:
+        why = 'backend %s (%s) failed during the request: %s' % (b.name, b.url, e)
         request.app['board'].backend_failed(b, why)
         log.error('%s', why)
         if response is not None and response.prepared:
             raise                            # headers already sent: the only honest signal is to cut it
-        status = 504 if isinstance(e, asyncio.TimeoutError) else 502
-        return status, openai_error(status, why, 'api_error', code='backend_error')
+        return 502, openai_error(502, why, 'api_error', code='backend_error')
     finally:
-        if upstream is not None:
-            if upstream.content.is_eof():
-                upstream.release()
-            else:
-                upstream.close()             # client gone or error mid-answer: drop the connection
+        if answer is not None:
+            answer.release()                 # pooled if read to the end, else closed (client gone, error)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -646,15 +833,13 @@ def make_app(cfg):
     app['cfg'] = cfg
     app['metrics'] = Metrics()
 
-    async def client_session(app):
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=300)
-        async with aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                         skip_auto_headers=('Accept-Encoding', 'User-Agent')) as session:
-            app['session'] = session
-            app['board'] = Switchboard(cfg, session, app['metrics'])
-            yield
+    async def lifecycle(app):
+        app['board'] = Switchboard(cfg, app['metrics'])
+        yield
+        for b in cfg.backends.values():
+            b.upstream.close()
 
-    app.cleanup_ctx.append(client_session)
+    app.cleanup_ctx.append(lifecycle)
     app.router.add_get('/v1/models', list_models)
     for path in PROXIED:
         app.router.add_post(path, proxy)
