@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import secrets
-import socket
 import sys
 import threading
 import time
@@ -186,7 +185,7 @@ class Handler(BaseHTTPRequestHandler):
         state = self.server.state
         if state.disable_auth:
             return True
-        _, admin_key = state.tokens.current()
+        admin_key = state.tokens.current()[1]
         given = self.headers.get("x-admin-key")
         if given is None:
             given = self.bearer()
@@ -199,7 +198,7 @@ class Handler(BaseHTTPRequestHandler):
         return False
 
     def is_admin(self):
-        _, admin_key = self.server.state.tokens.current()
+        admin_key = self.server.state.tokens.current()[1]
         given = self.headers.get("x-admin-key") or self.headers.get("x-api-key") or self.bearer()
         return self.server.state.disable_auth or (admin_key is not None and given == admin_key)
 
