@@ -49,6 +49,15 @@ def test_main_branch_takes_a_key_list_and_rereads_it(host):
     assert host.check_output("systemctl show -p MainPID --value tabbyapi.service") == pid
 
 
+def test_state_stopped_configures_without_start_or_gate(host):
+    # the gate would refuse this key: a passing run proves that no gate ran
+    rc, output = playbook("stopped.yml")[:2]
+    assert rc == 0, output
+    assert host.run("systemctl is-active tabbyapi.service").stdout.strip() == "inactive"
+    assert host.check_output("systemctl is-enabled tabbyapi.service") == "enabled"
+    assert host.file("/opt/tabbyapi/api_tokens.yml").mode == 0o640
+
+
 def test_converge_with_wrong_key_fails_at_the_gate_within_seconds(host):
     rc, output, took = playbook("wrong-key.yml")
     assert rc == 2, output
