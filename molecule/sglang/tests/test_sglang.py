@@ -72,6 +72,7 @@ def test_files_owners_modes_and_no_key_in_unit(host):
     ]
     unit = host.check_output("cat /etc/systemd/system/sglang@.service /etc/sglang/chat.env /etc/sglang/code.env")
     assert KEY not in unit
+    assert KEY not in host.check_output("journalctl --no-pager -o cat")
     assert "--api-key ${SGLANG_API_KEY}" in unit and "EnvironmentFile=/etc/sglang/%i.key" in unit
     assert host.check_output("cat /etc/sglang/chat.key").strip().endswith('SGLANG_API_KEY="%s"' % KEY)
 

@@ -66,8 +66,10 @@ def test_service_runs_hardened_as_tabbyapi(host):
     assert owner.strip() == "tabbyapi"
     unit = host.file("/etc/systemd/system/tabbyapi.service").content_string
     assert unit.startswith("#") and "Ansible managed" in unit
+    journal = host.check_output("journalctl --no-pager -o cat")
     for key in KEYS:
         assert key not in unit
+        assert key not in journal
 
 
 def test_listens_on_loopback_only(host):
