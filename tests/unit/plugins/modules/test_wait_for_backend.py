@@ -180,7 +180,7 @@ def test_timeout_names_last_answer_and_attempts(backend, wait):
     assert rc == 1
     assert result['msg'] == ('tabbyapi at %s was not ready on /v1/model after 1.2 s and %d attempts; '
                              'last: 503 No models are currently loaded.' % (fake.url, result['attempts']))
-    assert result['attempts'] == len(fake.requests) >= 4
+    assert result['attempts'] == len(fake.requests) >= 2
     assert 1.2 <= result['elapsed'] < 2.5
     assert result['status'] == 503
 
@@ -234,14 +234,37 @@ def test_scrub_masks_the_key_itself():
     assert wait_for_backend.scrub('nothing to hide', None) == 'nothing to hide'
 
 
-def test_backoff_starts_fast_and_is_capped(wait):
-    from fake_backend import free_port
-    url = 'http://127.0.0.1:%d' % free_port()
-    _rc, slow, _out = wait(url=url, timeout=2.0)
-    _rc, fast, _out = wait(url=url, timeout=2.0, max_interval=0.1)
-    # 0.05 s growing by 1.5x to 1 s: about 8 attempts in 2 s; capped at 0.1 s: about 20.
-    assert 5 <= slow['attempts'] <= 10
-    assert fast['attempts'] >= 15
+def expected_pauses(count, cap):
+    pauses, pause = [], wait_for_backend.FIRST_INTERVAL
+    for _i in range(count):
+        pauses.append(pause)
+        pause = min(pause * wait_for_backend.BACKOFF, cap)
+    return pauses
+
+
+@pytest.mark.parametrize('max_interval', [None, 0.2])
+def test_backoff_starts_fast_grows_and_is_capped(backend, wait, monkeypatch, max_interval):
+    fake = backend('tabbyapi', keys=[KEY], model=None)      # 503 "No models are currently loaded." forever
+    pauses = []
+    real_sleep = wait_for_backend.time.sleep
+
+    def recording_sleep(seconds):           # records the pauses the module asks for, and really sleeps
+        pauses.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(wait_for_backend.time, 'sleep', recording_sleep)
+    args = dict(url=fake.url, backend='tabbyapi', api_key=KEY, model='m', timeout=4 if max_interval else 8)
+    if max_interval:
+        args['max_interval'] = max_interval
+    rc, result, _out = wait(**args)
+    assert rc == 1
+    cap = max_interval or 1.0
+    planned = expected_pauses(len(pauses), cap)
+    # every pause follows the plan, except the last one, which is cut to the time left
+    assert pauses[:-1] == pytest.approx(planned[:-1])
+    assert 0 < pauses[-1] <= planned[-1]
+    assert pauses[0] == 0.05 and max(pauses[:-1]) == pytest.approx(cap)   # the cap was reached, never passed
+    assert result['attempts'] == len(pauses) + 1 == len(fake.requests)
 
 
 def test_check_mode_waits_the_same_way(backend, wait):
