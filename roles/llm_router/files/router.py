@@ -3,7 +3,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """gpufleet.llm router: one OpenAI-compatible endpoint in front of several inference backends.
 
-Read it top to bottom: config -> auth -> backend lifecycle -> proxy -> HTTP app.
+Read it top to bottom: config -> auth -> metrics -> upstream HTTP client -> backend lifecycle
+-> proxy -> HTTP app.
 
 * Config comes from a YAML file (``--config``); every secret comes from the environment
   (the unit's EnvironmentFile): client keys in ``LLM_ROUTER_CLIENT_API_KEYS`` (comma separated,
@@ -297,10 +298,10 @@ class Metrics:
 # ---------------------------------------------------------------------------------------------
 # Upstream HTTP/1.1 client (router -> backends)
 # ---------------------------------------------------------------------------------------------
-# Small on purpose: measured at a quarter of aiohttp's client CPU per request (docs/router.md).
-# It speaks only what the router needs: one request at a time per connection, keep-alive,
-# Content-Length or chunked request bodies out (always Content-Length), and answers framed by
-# Content-Length, chunked transfer-encoding, or connection close (RFC 9112 section 6.3).
+# Small on purpose: it costs a fraction of aiohttp's client per request (numbers in docs/router.md).
+# It speaks only what the router needs: one request at a time per connection, keep-alive, request
+# bodies always sent with Content-Length, and answers framed by Content-Length, chunked
+# transfer-encoding or connection close (RFC 9112 section 6.3). Anything else is an UpstreamError.
 
 class UpstreamError(Exception):
     """The backend could not be reached or broke the HTTP exchange."""
