@@ -80,17 +80,47 @@ def start_hosts(names):
             time.sleep(0.5)
 
 
+SSHD = ('set -e; export DEBIAN_FRONTEND=noninteractive; apt-get update -qq; '
+        'apt-get install -y -qq --no-install-recommends openssh-server >/dev/null; '
+        'install -d -m 0700 /root/.ssh; printf "%s\\n" "$0" > /root/.ssh/authorized_keys; '
+        'chmod 0600 /root/.ssh/authorized_keys; systemctl enable --now ssh >/dev/null 2>&1')
+
+
+def enable_ssh(names, workdir):
+    """Real GPU hosts are reached over ssh: give each test host sshd and the bench's key (not timed)."""
+    key = workdir / 'id_ed25519'
+    if not key.exists():
+        run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-f', str(key)])
+    pub = (workdir / 'id_ed25519.pub').read_text().strip()
+    procs = [subprocess.Popen(['podman', 'exec', n, 'bash', '-c', SSHD, pub], env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for n in names]
+    addresses = {}
+    for name, proc in zip(names, procs):
+        out = proc.communicate()[0]
+        if proc.returncode != 0:
+            raise SystemExit('%s: could not install sshd: %s' % (name, out[-2000:]))
+        addresses[name] = run(['podman', 'inspect', '-f', '{{.NetworkSettings.IPAddress}}', name]).stdout.strip()
+    return str(key), addresses
+
+
 def remove_hosts(names):
     for name in names:
         subprocess.run(['podman', 'rm', '-f', '-t', '2', name], env=ENV, capture_output=True, check=False)
 
 
-def write_inventory(path, names, groups, art):
+def write_inventory(path, names, groups, art, ssh=None):
     """A YAML inventory: every host in every group of the list, vars like inventories/local."""
-    host_map = {n: None for n in names}
     variables = dict(KEYS)
+    if ssh:
+        key, addresses = ssh
+        host_map = {n: {'ansible_host': addresses[n]} for n in names}
+        variables.update({
+            'ansible_connection': 'ssh', 'ansible_user': 'root', 'ansible_ssh_private_key_file': key,
+            'ansible_ssh_common_args': '-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR'})
+    else:
+        host_map = {n: None for n in names}
+        variables['ansible_connection'] = 'containers.podman.podman'
     variables.update({
-        'ansible_connection': 'containers.podman.podman',
         'ansible_python_interpreter': '/usr/bin/python3',
         'gpufleet_serial': len(names),
         'llamacpp_install_method': 'copy',
@@ -141,9 +171,16 @@ def main(argv=None):
     parser.add_argument('--groups', nargs='+', default=['llamacpp', 'llm_router'],
                         choices=['tabbyapi', 'llamacpp', 'sglang', 'llm_router'],
                         help='groups every bench host is in (tabbyapi and sglang: doubles, installed, stopped)')
+    parser.add_argument('--connection', choices=['podman', 'ssh'], default='podman',
+                        help='podman exec (as make site and Molecule) or ssh to sshd in each host (as real hosts)')
+    parser.add_argument('--no-pipelining', action='store_true', help='turn ansible.cfg\'s pipelining off')
     parser.add_argument('--keep', action='store_true', help='leave the hosts running')
     parser.add_argument('--json', action='store_true', help='print the figures as JSON too')
     args = parser.parse_args(argv)
+    if args.no_pipelining:
+        ENV['ANSIBLE_PIPELINING'] = 'false'
+    print('connection %s, pipelining %s, groups %s' % (args.connection, 'off' if args.no_pipelining else 'on',
+                                                       ' '.join(args.groups)), flush=True)
 
     work = Path(tempfile.mkdtemp(prefix='gpufleet-bench-'))
     results = []
@@ -152,9 +189,10 @@ def main(argv=None):
         for size in args.sizes:
             names = ['gpufleet-bench-%d' % i for i in range(1, size + 1)]
             inventory = work / ('inventory-%d.json' % size)
-            write_inventory(inventory, names, args.groups, art)
             start_hosts(names)
             try:
+                ssh = enable_ssh(names, work) if args.connection == 'ssh' else None
+                write_inventory(inventory, names, args.groups, art, ssh)
                 fresh, fresh_recap, _ = converge(inventory)
                 again, again_recap, _ = converge(inventory)
             finally:
