@@ -50,9 +50,11 @@ def run(cmd, **kw):
     return subprocess.run(cmd, env=ENV, check=True, capture_output=True, text=True, **kw)
 
 
-def artifacts(workdir):
+def artifacts(workdir, llamacpp=True):
     """A llama-server binary (cached build) and the tiny model, and the packed test doubles."""
-    server = run([str(REPO / 'tests' / 'tools' / 'build-llama-server.sh')]).stdout.strip().splitlines()[-1]
+    server = ''
+    if llamacpp:
+        server = run([str(REPO / 'tests' / 'tools' / 'build-llama-server.sh')]).stdout.strip().splitlines()[-1]
     model = workdir / 'tiny.gguf'
     run([sys.executable, str(REPO / 'tests' / 'tools' / 'make-tiny-gguf.py'), str(model)])
     doubles = REPO / 'tests' / 'doubles'
@@ -185,7 +187,7 @@ def main(argv=None):
     work = Path(tempfile.mkdtemp(prefix='gpufleet-bench-'))
     results = []
     try:
-        art = artifacts(work)
+        art = artifacts(work, 'llamacpp' in args.groups)
         for size in args.sizes:
             names = ['gpufleet-bench-%d' % i for i in range(1, size + 1)]
             inventory = work / ('inventory-%d.json' % size)
