@@ -331,8 +331,8 @@ def test_hashi_missing_secret_is_named(kv, workdir):
 
 
 def test_hashi_secret_lacking_a_field_is_named(kv, workdir):
-    kv['client'].secrets.kv.v2.create_or_update_secret(path='%s/tabbyapi' % kv['path'],
-                                                        secret={'api_key': new_key()})
+    kv['client'].secrets.kv.v2.create_or_update_secret(
+        path='%s/tabbyapi' % kv['path'], secret={'api_key': new_key()})
     rc, out, _ = run_playbook(workdir, hashi_extra(kv, rotate=False))
     assert rc != 0
     assert 'the key secret of scope tabbyapi lacks admin_key' in out
