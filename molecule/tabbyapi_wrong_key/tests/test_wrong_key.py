@@ -1,5 +1,6 @@
 """A converge with a key TabbyAPI refuses fails at the gate, fast, with the 401 text and no key."""
 import os
+import re
 import subprocess
 import time
 
@@ -15,7 +16,6 @@ STATUS = ("python3 -c 'import urllib.request as u, urllib.error as e, sys\n"
 
 def playbook(name):
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
-    started = time.monotonic()
     run = subprocess.run(
         ["ansible-playbook", "-i", env["MOLECULE_INVENTORY_FILE"], "--diff",
          os.path.join(env["MOLECULE_SCENARIO_DIRECTORY"], name)],
@@ -23,7 +23,7 @@ def playbook(name):
     output = run.stdout + run.stderr
     for key in KEYS:
         assert key not in output
-    return run.returncode, output, time.monotonic() - started
+    return run.returncode, output
 
 
 def test_backend_runs_with_the_vault_key_only(host):
@@ -34,7 +34,7 @@ def test_backend_runs_with_the_vault_key_only(host):
 
 
 def test_main_branch_takes_a_key_list_and_rereads_it(host):
-    rc, output = playbook("main-branch.yml")[:2]
+    rc, output = playbook("main-branch.yml")
     assert rc == 0, output
     tokens = host.check_output("cat /opt/tabbyapi/api_tokens.yml")
     assert 'api_key: ["%s", "%s"]' % (API_KEY, PREVIOUS_KEY) in tokens
@@ -51,7 +51,7 @@ def test_main_branch_takes_a_key_list_and_rereads_it(host):
 
 def test_state_stopped_configures_without_start_or_gate(host):
     # the gate would refuse this key: a passing run proves that no gate ran
-    rc, output = playbook("stopped.yml")[:2]
+    rc, output = playbook("stopped.yml")
     assert rc == 0, output
     assert host.run("systemctl is-active tabbyapi.service").stdout.strip() == "inactive"
     assert host.check_output("systemctl is-enabled tabbyapi.service") == "enabled"
@@ -59,10 +59,12 @@ def test_state_stopped_configures_without_start_or_gate(host):
 
 
 def test_converge_with_wrong_key_fails_at_the_gate_within_seconds(host):
-    rc, output, took = playbook("wrong-key.yml")
+    rc, output = playbook("wrong-key.yml")
     assert rc == 2, output
     assert "accept the key" in output and "Invalid API key" in output, output
     assert "http://127.0.0.1:5000" in output, output
-    assert took < 60, "the failing converge took %.0f s" % took
+    # The gate's own time (the service was stopped: it includes the start and the model load).
+    waited = re.search(r'fatal: .*"elapsed": ([0-9.]+)', output)
+    assert waited and float(waited.group(1)) < 20, output
     # The failed gate left the service itself alone.
     assert host.service("tabbyapi.service").is_running
