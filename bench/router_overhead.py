@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright (c) 2026, gpufleet.llm contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """How much latency and CPU does router.py add? Loopback only, bounded request counts.
@@ -42,7 +41,7 @@ def free_port():
 
 
 def wait_port(port, proc):
-    for _ in range(500):
+    for dummy in range(500):
         if proc.poll() is not None:
             sys.exit('a bench process exited early (%s)' % proc.returncode)
         try:
@@ -92,7 +91,7 @@ class Conn:
 
 
 async def run_case(port, key, body, concurrency, n):
-    conns = [Conn(port, key) for _ in range(concurrency)]
+    conns = [Conn(port, key) for dummy in range(concurrency)]
     await asyncio.gather(*(c.open() for c in conns))
     for c in conns:                                    # warm the path (and the router's pool)
         await c.request(body)
@@ -118,7 +117,7 @@ def pct(values, p):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
     ap.add_argument('--rounds', type=int, default=5)
     ap.add_argument('--requests', type=int, default=300, help='requests per case per target per round')
     ap.add_argument('--chunk-delay', type=float, default=0.0, help='backend pacing between stream chunks (s)')

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright (c) 2026, gpufleet.llm contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """A small, fast OpenAI-compatible inference server for tests and benchmarks (loopback only).
@@ -37,7 +36,7 @@ STATS = {'requests': 0, 'disconnects': 0, 'completed': 0, 'loads': [], 'unloads'
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
     p.add_argument('--port', type=int, required=True)
     p.add_argument('--host', default='127.0.0.1')
     p.add_argument('--kind', choices=('openai', 'tabbyapi'), default='openai')

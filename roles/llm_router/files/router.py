@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright (c) 2026, gpufleet.llm contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """gpufleet.llm router: one OpenAI-compatible endpoint in front of several inference backends.
@@ -26,6 +25,7 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 import os
 import re
 import ssl
@@ -108,13 +108,15 @@ def _get(mapping, key, where, kind, default=None, required=False):
         value = float(value)
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
         raise ConfigError('%s: expected %s, got %s' % (name, kind.__name__, type(value).__name__))
+    if kind is float and not math.isfinite(value):
+        raise ConfigError('%s: must be a finite number, got %s' % (name, value))
     if kind is float and value <= 0:
         raise ConfigError('%s: must be greater than 0' % name)
     return value
 
 
 def _no_unknown(mapping, allowed, where):
-    unknown = sorted(set(mapping) - set(allowed))
+    unknown = sorted(set(mapping) - set(allowed), key=str)    # YAML keys may be of any type
     if unknown:
         raise ConfigError('%s: unknown field(s) %s' % (where or 'config', ', '.join(map(str, unknown))))
 
@@ -200,7 +202,7 @@ def parse_config(data, environ):
         systemctl=systemctl, log_level=level)
 
 
-def load_config(path, environ=os.environ):
+def load_config(path, environ=None):
     try:
         with open(path, encoding='utf-8') as f:
             data = yaml.safe_load(f)
@@ -208,7 +210,7 @@ def load_config(path, environ=os.environ):
         raise ConfigError('cannot read config %s: %s' % (path, e.strerror)) from None
     except yaml.YAMLError as e:
         raise ConfigError('config %s is not valid YAML: %s' % (path, e)) from None
-    return parse_config(data, environ)
+    return parse_config(data, os.environ if environ is None else environ)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,6 +246,11 @@ def openai_error(status, message, type_, code=None, param=None):
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
+def _label(value):
+    """A Prometheus label value, escaped."""
+    return str(value).replace('\\', '\\\\').replace('"', '\\"').replace('\n', '\\n')
+
+
 class Metrics:
     def __init__(self):
         self.requests = {}        # (model, status) -> count
@@ -269,27 +276,26 @@ class Metrics:
         s[1] += 1
 
     def render(self):
-        q = lambda s: str(s).replace('\\', '\\\\').replace('"', '\\"').replace('\n', '\\n')  # noqa: E731
         out = ['# TYPE llm_router_requests_total counter']
         for (m, s), n in sorted(self.requests.items()):
-            out.append('llm_router_requests_total{model="%s",status="%s"} %d' % (q(m), s, n))
+            out.append('llm_router_requests_total{model="%s",status="%s"} %d' % (_label(m), s, n))
         out.append('# TYPE llm_router_request_duration_seconds histogram')
         for m, h in sorted(self.latency.items()):
             for i, b in enumerate(_BUCKETS):
-                out.append('llm_router_request_duration_seconds_bucket{model="%s",le="%s"} %d' % (q(m), b, h[i]))
-            out.append('llm_router_request_duration_seconds_bucket{model="%s",le="+Inf"} %d' % (q(m), h[-1]))
-            out.append('llm_router_request_duration_seconds_sum{model="%s"} %.6f' % (q(m), h[-2]))
-            out.append('llm_router_request_duration_seconds_count{model="%s"} %d' % (q(m), h[-1]))
+                out.append('llm_router_request_duration_seconds_bucket{model="%s",le="%s"} %d' % (_label(m), b, h[i]))
+            out.append('llm_router_request_duration_seconds_bucket{model="%s",le="+Inf"} %d' % (_label(m), h[-1]))
+            out.append('llm_router_request_duration_seconds_sum{model="%s"} %.6f' % (_label(m), h[-2]))
+            out.append('llm_router_request_duration_seconds_count{model="%s"} %d' % (_label(m), h[-1]))
         out.append('# TYPE llm_router_swaps_total counter')
         for (b, r), n in sorted(self.swaps.items()):
-            out.append('llm_router_swaps_total{backend="%s",result="%s"} %d' % (q(b), r, n))
+            out.append('llm_router_swaps_total{backend="%s",result="%s"} %d' % (_label(b), r, n))
         out.append('# TYPE llm_router_swap_duration_seconds summary')
         for b, (total, n) in sorted(self.swap_seconds.items()):
-            out.append('llm_router_swap_duration_seconds_sum{backend="%s"} %.6f' % (q(b), total))
-            out.append('llm_router_swap_duration_seconds_count{backend="%s"} %d' % (q(b), n))
+            out.append('llm_router_swap_duration_seconds_sum{backend="%s"} %.6f' % (_label(b), total))
+            out.append('llm_router_swap_duration_seconds_count{backend="%s"} %d' % (_label(b), n))
         out.append('# TYPE llm_router_backend_auth_failures_total counter')
         for b, n in sorted(self.backend_auth_failures.items()):
-            out.append('llm_router_backend_auth_failures_total{backend="%s"} %d' % (q(b), n))
+            out.append('llm_router_backend_auth_failures_total{backend="%s"} %d' % (_label(b), n))
         out.append('# TYPE llm_router_client_auth_failures_total counter')
         out.append('llm_router_client_auth_failures_total %d' % self.client_auth_failures)
         return '\n'.join(out) + '\n'
@@ -393,8 +399,8 @@ class Upstream:
     """Keep-alive connections to one backend (idle ones are reused, newest first)."""
 
     def __init__(self, url, connect_timeout):
-        scheme, _, hostport = url.partition('://')
-        host, _, port = hostport.rpartition(':') if ':' in hostport.rsplit(']', 1)[-1] else (hostport, '', '')
+        scheme, dummy, hostport = url.partition('://')
+        host, dummy, port = hostport.rpartition(':') if ':' in hostport.rsplit(']', 1)[-1] else (hostport, '', '')
         self.host = host.strip('[]')
         self.port = int(port) if port else (443 if scheme == 'https' else 80)
         self.ssl = ssl.create_default_context() if scheme == 'https' else None
@@ -460,7 +466,7 @@ class Upstream:
 
 def _parse_head(raw):
     lines = raw[:-4].decode('latin-1').split('\r\n')
-    version, _, rest = lines[0].partition(' ')
+    version, dummy, rest = lines[0].partition(' ')
     if not version.startswith('HTTP/1.'):
         raise ValueError('not HTTP/1.x')
     status = int(rest[:3])
@@ -601,7 +607,7 @@ class Switchboard:
         except OSError as e:
             return None, 'cannot run %s: %s' % (self.cfg.systemctl[0], e.strerror)
         try:
-            out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+            out = (await asyncio.wait_for(proc.communicate(), timeout))[0]
         except asyncio.TimeoutError:
             proc.kill()
             await proc.wait()
@@ -620,7 +626,7 @@ class Switchboard:
     async def _systemctl(self, verb, b):
         rc, out = await self._run(verb, '--', b.unit, timeout=self.cfg.readiness_timeout)
         if rc != 0:
-            _, state = await self.unit_state(b)
+            state = (await self.unit_state(b))[1]
             raise SwapError(502, 'systemctl %s %s failed (%s): %s; unit state: %s'
                             % (verb, b.unit, 'exit %s' % rc if rc is not None else 'did not complete',
                                ' '.join(out.split())[:300], state), 'backend_unit_failed')

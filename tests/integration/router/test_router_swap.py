@@ -3,10 +3,8 @@
 """Backend lifecycle on loopback (backends without a unit): model swaps, rejected keys, crashes,
 client disconnects, shutdown. Swaps that start/stop systemd units are tested in a systemd container."""
 
-import json
 import signal
 import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -30,7 +28,7 @@ def test_concurrent_requests_for_a_new_model_trigger_one_swap_after_drain(procs)
     assert post(r, 's1').status_code == 200                     # s1's backend checked once
     assert tabby.stats()['loads'] == ['a']
     with ThreadPoolExecutor(12) as pool:
-        old = [pool.submit(post, r, 'a') for _ in range(3)]     # in flight on a for ~0.6 s
+        old = [pool.submit(post, r, 'a') for dummy in range(3)]     # in flight on a for ~0.6 s
         time.sleep(0.2)
         new = [pool.submit(post, r, 'b', stream=bool(i % 2)) for i in range(5)]
         time.sleep(0.1)
@@ -61,7 +59,7 @@ def test_requests_for_the_loaded_model_do_not_wait(procs):
         slow = pool.submit(post, r, 'b')                        # a 2 s model load on tabby
         time.sleep(0.3)
         t0 = time.monotonic()
-        for _ in range(5):
+        for dummy in range(5):
             assert post(r, 's1').status_code == 200
         assert time.monotonic() - t0 < 1.0
         assert httpx.get(r.url + '/health').json()['swapping_to'] == 'b'

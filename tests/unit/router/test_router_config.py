@@ -112,17 +112,17 @@ def test_router_refuses_to_start_on_bad_config_and_never_prints_a_key(tmp_path):
     path.write_text(yaml.safe_dump(bad))
     env = dict(ENV, PYTHONPATH=str(ROOT / 'plugins/module_utils'))
     run = subprocess.run([sys.executable, str(ROOT / 'roles/llm_router/files/router.py'), '--config', str(path)],
-                         capture_output=True, text=True, env=env, timeout=60)
+                         capture_output=True, text=True, env=env, timeout=60, check=False)
     assert run.returncode == 2
     assert "config error: models.qwen.backend: unknown backend 'x'" in run.stderr
     path.write_text(yaml.safe_dump(GOOD))
     ok = subprocess.run([sys.executable, str(ROOT / 'roles/llm_router/files/router.py'), '--config', str(path),
-                         '--check'], capture_output=True, text=True, env=env, timeout=60)
+                         '--check'], capture_output=True, text=True, env=env, timeout=60, check=False)
     assert ok.returncode == 0, ok.stderr
     assert 'config OK (3 backends, 3 models)' in ok.stdout
     path.write_text('listen: [unclosed')
     broken = subprocess.run([sys.executable, str(ROOT / 'roles/llm_router/files/router.py'), '--config', str(path)],
-                            capture_output=True, text=True, env=env, timeout=60)
+                            capture_output=True, text=True, env=env, timeout=60, check=False)
     assert broken.returncode == 2 and 'is not valid YAML' in broken.stderr
     for out in (run.stdout + run.stderr, ok.stdout + ok.stderr, broken.stdout + broken.stderr):
         for secret in ('secret-admin-value', 'secret-sglang-value', 'k-new', 'k-old'):

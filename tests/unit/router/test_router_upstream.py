@@ -100,7 +100,7 @@ def test_interim_1xx_is_skipped_and_204_has_no_body():
 
     async def scenario(up):
         return [await fetch(up), await fetch(up)]
-    results, _ = run(replies, scenario)
+    results = run(replies, scenario)[0]
     assert (results[0][0], results[0][2]) == (201, b'new')
     assert (results[1][0], results[1][2]) == (204, b'')
 
@@ -142,7 +142,7 @@ def test_broken_answers_raise_upstream_error(reply, what):
         with pytest.raises(router.UpstreamError) as e:
             await fetch(up)
         return str(e.value)
-    message, _ = run([reply], scenario, close_after=1)
+    message = run([reply], scenario, close_after=1)[0]
     assert what in message
 
 
