@@ -124,7 +124,7 @@ def test_rejection_messages():
          '401 Please provide an API key')
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, database=None)   # no .hypothesis/ left in the checkout
 @given(status=st.integers(min_value=100, max_value=599), body=st.binary(max_size=400),
        model=st.one_of(st.none(), st.text(min_size=1, max_size=10)))
 def test_classify_reads_any_answer(status, body, model):
