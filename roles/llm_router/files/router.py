@@ -227,7 +227,7 @@ def presented_key(headers):
 
 def key_accepted(key, keys):
     """Constant-time check of key against every configured key (no early exit)."""
-    given = key.encode('utf-8')
+    given = key.encode('utf-8', 'surrogateescape')   # header bytes that are not UTF-8 stay bytes
     ok = False
     for k in keys:
         ok |= hmac.compare_digest(given, k.encode('utf-8'))
@@ -419,7 +419,8 @@ class Upstream:
         """Send one request; return an Answer once its status line and headers arrived."""
         head = [b'%s %s HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n'
                 % (method.encode(), path.encode(), self.hostheader, len(body))]
-        head += [b'%s: %s\r\n' % (k.encode('latin-1'), v.encode('latin-1')) for k, v in headers.items()]
+        head += [b'%s: %s\r\n' % (k.encode('latin-1'), v.encode('utf-8', 'surrogateescape'))
+                 for k, v in headers.items()]   # values as the client's bytes (aiohttp decoded them so)
         data = b''.join(head) + b'\r\n' + body
         while self.idle:                  # a reused connection the backend closed meanwhile: retry fresh
             conn = self.idle.pop()
@@ -729,7 +730,7 @@ async def proxy(request):
     body = await request.read()
     try:
         name = json.loads(body).get('model')
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):   # not JSON, not an object, nested too deep
         name = None
     if not isinstance(name, str):
         return openai_error(400, 'The request body must be a JSON object with a "model" string',
@@ -835,6 +836,25 @@ async def metrics_endpoint(request):
     return web.Response(text=request.app['metrics'].render(), content_type='text/plain', charset='utf-8')
 
 
+async def expect_continue(request):
+    """Answer ``Expect: 100-continue``; refuse any other expectation without echoing it."""
+    if request.headers.get('Expect', '').lower() != '100-continue':
+        raise web.HTTPExpectationFailed(text='Unsupported Expect header')
+    await request.writer.write(b'HTTP/1.1 100 Continue\r\n\r\n')
+    request.writer.output_size = 0
+
+
+class OneLineErrors(logging.Filter):
+    """aiohttp logs malformed client requests with a traceback whose text can quote the request
+    (headers included): keep one line with the error's class name only."""
+
+    def filter(self, record):
+        if record.exc_info:
+            record.msg = '%s (%s)' % (record.getMessage(), record.exc_info[0].__name__)
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+
 def make_app(cfg):
     app = web.Application(client_max_size=256 * 1024 * 1024)
     app['cfg'] = cfg
@@ -849,7 +869,7 @@ def make_app(cfg):
     app.cleanup_ctx.append(lifecycle)
     app.router.add_get('/v1/models', list_models)
     for path in PROXIED:
-        app.router.add_post(path, proxy)
+        app.router.add_post(path, proxy, expect_handler=expect_continue)
     app.router.add_get('/health', health)
     app.router.add_get('/metrics', metrics_endpoint)
     return app
@@ -861,6 +881,7 @@ def main(argv=None):
     parser.add_argument('--check', action='store_true', help='check the config and environment, then exit')
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+    logging.getLogger('aiohttp.server').addFilter(OneLineErrors())
     try:
         cfg = load_config(args.config)
     except ConfigError as e:
