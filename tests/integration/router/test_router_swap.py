@@ -19,6 +19,11 @@ def post(r, model, stream=False, timeout=30, **extra):
                       headers=AUTH, timeout=timeout)
 
 
+def timed_post(r, model, stream=False):
+    resp = post(r, model, stream=stream)
+    return resp, time.monotonic()
+
+
 def test_concurrent_requests_for_a_new_model_trigger_one_swap_after_drain(procs):
     double, router = procs
     tabby = double('tabbyapi', admin_key=TABBY_ADMIN_KEY, models='a,b', delay=0.6, load_delay=0.3)
@@ -30,15 +35,14 @@ def test_concurrent_requests_for_a_new_model_trigger_one_swap_after_drain(procs)
     with ThreadPoolExecutor(12) as pool:
         old = [pool.submit(post, r, 'a') for dummy in range(3)]     # in flight on a for ~0.6 s
         time.sleep(0.2)
-        new = [pool.submit(post, r, 'b', stream=bool(i % 2)) for i in range(5)]
+        new = [pool.submit(timed_post, r, 'b', stream=bool(i % 2)) for i in range(5)]
         time.sleep(0.1)
         # A model on another backend is served while the swap on tabby drains/loads.
-        t0 = time.monotonic()
-        other = post(r, 's1')
-        other_took = time.monotonic() - t0
-        assert all(f.result().status_code == 200 for f in old + new)
-    # the swap still needed >= 0.8 s (drain 0.5 s + load 0.3 s) when s1 was asked
-    assert other.status_code == 200 and other_took < 0.5
+        other, other_done = timed_post(r, 's1')
+        assert all(f.result().status_code == 200 for f in old)
+        assert all(f.result()[0].status_code == 200 for f in new)
+    assert other.status_code == 200
+    assert other_done < min(f.result()[1] for f in new)         # did not wait for the swap
     stats = tabby.stats()
     assert stats['loads'] == ['a', 'b']                         # five requests for b: ONE swap
     events = stats['events']
@@ -58,10 +62,9 @@ def test_requests_for_the_loaded_model_do_not_wait(procs):
     with ThreadPoolExecutor(2) as pool:
         slow = pool.submit(post, r, 'b')                        # a 2 s model load on tabby
         time.sleep(0.3)
-        t0 = time.monotonic()
         for dummy in range(5):
             assert post(r, 's1').status_code == 200
-        assert time.monotonic() - t0 < 1.0
+        # all five were answered while the load was still in progress: none waited for it
         assert httpx.get(r.url + '/health').json()['swapping_to'] == 'b'
         assert slow.result().status_code == 200
 
