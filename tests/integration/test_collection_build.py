@@ -47,8 +47,8 @@ def test_built_tarball_installs_and_runs(tmp_path):
             'plugins/module_utils/_backend_probe.py'} <= names
     # What development leaves in a checkout must not ship (galaxy.yml build_ignore). Such directories are
     # also written while tests run, which makes a build's checksums mismatch at install time.
-    leftovers = sorted(set(n.split('/')[0] for n in names) & {'.venv', 'build', '.git', '.hypothesis',
-                                                             '.pytest_cache', '.cache', '.ansible'})
+    junk = {'.venv', 'build', '.git', '.hypothesis', '.pytest_cache', '.cache', '.ansible'}
+    leftovers = sorted(set(n.split('/')[0] for n in names) & junk)
     leftovers += sorted(n for n in names if '__pycache__' in n.split('/'))
     assert not leftovers, 'add to build_ignore in galaxy.yml: %s' % leftovers
 
