@@ -125,9 +125,9 @@ def _run(tmp, hosts, play, *args, timeout=600):
 def argspec_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('argspec')
     hosts, tasks = {}, []
-    for i, (_, role, entry, variables, _) in enumerate(CASES):
+    for i, (_ign, role, entry, variables, _ign) in enumerate(CASES):
         hosts['case%03d' % i] = dict(variables, case_entry='%s.%s' % (role, entry))
-    for role, entry, _ in _specs():
+    for role, entry, _ign in _specs():
         tasks.append({'name': 'Validate %s %s' % (role, entry),
                       'ansible.builtin.import_role': {'name': 'gpufleet.llm.' + role, 'tasks_from': entry},
                       'when': "case_entry == '%s.%s'" % (role, entry)})
@@ -136,24 +136,24 @@ def argspec_run(tmp_path_factory):
 
 
 def test_every_role_has_an_argument_spec_for_main():
-    with_spec = {role for role, _, _ in _specs()}
+    with_spec = {role for role, _ign, _ign in _specs()}
     with_tasks = {p.parent.parent.name for p in ROLES.glob('*/tasks/main.yml')}
     assert with_tasks <= with_spec, 'roles without meta/argument_specs.yml: %s' % sorted(with_tasks - with_spec)
 
 
 def test_generated_cases_cover_every_role():
     roles = {c[1] for c in CASES if c[4]}
-    assert roles == {role for role, _, options in _specs() if options}
+    assert roles == {role for role, _ign, options in _specs() if options}
     assert len(CASES) > 40
 
 
 @pytest.mark.parametrize('index', range(len(CASES)), ids=[c[0] for c in CASES])
 def test_argument_spec_rejects_naming_the_variable(argspec_run, index):
     rc, results, stats, output = argspec_run
-    case_id, role, entry, _, names = CASES[index]
+    case_id, role, entry, _ign, names = CASES[index]
     host = 'case%03d' % index
     ran = results.get(host, [])
-    assert len(ran) == 1, '%s: expected only the validation task, got %s' % (case_id, [n for n, _ in ran])
+    assert len(ran) == 1, '%s: expected only the validation task, got %s' % (case_id, [n for n, _ign in ran])
     task, result = ran[0]
     assert 'Validating arguments against arg spec' in task and role in task
     assert stats[host]['changed'] == 0
@@ -203,7 +203,7 @@ ASSERTED = [
 @pytest.fixture(scope='module')
 def asserted_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('asserted')
-    hosts = {'a%02d' % i: dict(v, case_role=role) for i, (_, role, v, _) in enumerate(ASSERTED)}
+    hosts = {'a%02d' % i: dict(v, case_role=role) for i, (_ign, role, v, _ign) in enumerate(ASSERTED)}
     tasks = [{'name': 'Validate %s' % role,
               'ansible.builtin.include_role': {'name': 'gpufleet.llm.' + role, 'tasks_from': 'validate'},
               'when': "case_role == '%s'" % role}
@@ -214,8 +214,8 @@ def asserted_run(tmp_path_factory):
 
 @pytest.mark.parametrize('index', range(len(ASSERTED)), ids=[c[0] for c in ASSERTED])
 def test_role_asserts_name_the_variable(asserted_run, index):
-    rc, results, stats, _ = asserted_run
-    case_id, _, _, names = ASSERTED[index]
+    rc, results, stats, _ign = asserted_run
+    case_id, _ign, _ign, names = ASSERTED[index]
     host = 'a%02d' % index
     assert rc != 0
     failed = [(t, r) for t, r in results.get(host, []) if r.get('failed')]
@@ -248,15 +248,15 @@ def module_run(tmp_path_factory):
     hosts = {'m%02d' % i: {} for i in range(len(MODULE_CASES))}
     tasks = [{'name': 'Case %s' % case_id, 'gpufleet.llm.wait_for_backend': args,
               'when': "inventory_hostname == 'm%02d'" % i}
-             for i, (case_id, args, _) in enumerate(MODULE_CASES)]
+             for i, (case_id, args, _ign) in enumerate(MODULE_CASES)]
     play = [{'name': 'Bad module options', 'hosts': 'all', 'gather_facts': False, 'tasks': tasks}]
     return _run(tmp, hosts, play)
 
 
 @pytest.mark.parametrize('index', range(len(MODULE_CASES)), ids=[c[0] for c in MODULE_CASES])
 def test_module_options_name_the_option(module_run, index):
-    rc, results, stats, _ = module_run
-    case_id, _, names = MODULE_CASES[index]
+    rc, results, stats, _ign = module_run
+    case_id, _ign, names = MODULE_CASES[index]
     host = 'm%02d' % index
     assert rc != 0
     ran = results.get(host, [])

@@ -94,8 +94,7 @@ BODIES = st.one_of(JSON_BODIES, st.binary(max_size=200),
 WITH_KEY = [('Authorization', b'Bearer ' + CLIENT_KEY.encode())]
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                   HealthCheck.too_slow])
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(method=st.sampled_from(METHODS), path=st.one_of(st.sampled_from(ENDPOINTS), st.text(min_size=1, max_size=30)),
        headers=st.lists(st.tuples(st.sampled_from(HEADER_NAMES), HEADER_VALUES), max_size=4), body=BODIES,
        keyed=st.booleans())

@@ -46,8 +46,8 @@ SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-2 ** 70, 2 ** 70),
 KEYS = st.one_of(st.text(max_size=12), st.integers(-5, 5), st.booleans(), st.none(),
                  st.sampled_from(['listen', 'port', 'host', 'backends', 'models', 'kind', 'url', 'unit', 'key_env',
                                   'backend', 'model', 'read_timeout']))
-VALUES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                      st.dictionaries(KEYS, inner, max_size=4)), max_leaves=12)
+VALUES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(KEYS, inner, max_size=4)),
+                      max_leaves=12)
 
 
 def paths(node, prefix=()):
@@ -68,7 +68,7 @@ ALL_PATHS = [p for p in paths(GOOD) if p]
 def mutated(draw):
     """GOOD with one to three nodes replaced, deleted, or given an extra field."""
     doc = copy.deepcopy(GOOD)
-    for _ in range(draw(st.integers(1, 3))):
+    for _ign in range(draw(st.integers(1, 3))):
         path = draw(st.sampled_from(ALL_PATHS))
         node = doc
         try:
