@@ -1,0 +1,283 @@
+"""The llm_router role on a systemd host, in front of two real llama-server instances.
+
+The tests run in the order written: the --check --diff run comes first, while the backends are
+still in the state the converge left them (stopped), before any request makes the router start one.
+"""
+import json
+import os
+import re
+import subprocess
+import time
+
+CLIENT_KEY = "router-test-client-KEY-a90c27"
+OLD_CLIENT_KEY = "router-test-client-OLD-KEY-6b44d1"
+LLAMACPP_KEY = "router-test-llamacpp-KEY-5e1f03"
+WRONG_KEY = "router-test-WRONG-KEY-0000"
+KEYS = (CLIENT_KEY, OLD_CLIENT_KEY, LLAMACPP_KEY)
+UNIT_A, UNIT_B = "llamacpp@tiny-a.service", "llamacpp@tiny-b.service"
+PROPS = ("ActiveState,UnitFileState,User,Group,MainPID,NoNewPrivileges,ProtectSystem,ProtectHome,PrivateTmp,"
+         "PrivateDevices,PrivateUsers,RestrictAddressFamilies,CapabilityBoundingSet,SystemCallFilter,"
+         "MemoryDenyWriteExecute,ProtectProc,ExecStartPre,EnvironmentFiles,Restart")
+
+# Runs ON the host (python3 of the image, standard library only): raw answers of the router.
+CLIENT = r'''
+import json, sys, time, urllib.request, urllib.error
+def call(method, path, headers=None, body=None):
+    h = dict(headers or {})
+    data = json.dumps(body).encode() if body is not None else None
+    if data:
+        h["Content-Type"] = "application/json"
+    req = urllib.request.Request("http://127.0.0.1:4000" + path, method=method, data=data, headers=h)
+    t0 = time.monotonic()
+    try:
+        with urllib.request.urlopen(req, timeout=180) as r:
+            status, ctype, text = r.status, r.headers.get("Content-Type", ""), r.read().decode()
+    except urllib.error.HTTPError as e:
+        status, ctype, text = e.code, e.headers.get("Content-Type", ""), e.read().decode()
+    return {"status": status, "type": ctype, "body": text, "seconds": round(time.monotonic() - t0, 2)}
+out = {}
+for name, spec in json.loads(sys.argv[1]).items():
+    out[name] = call(*spec)
+print(json.dumps(out))
+'''
+
+
+def ask(host, **requests):
+    """Send requests in order, on the host; name -> [method, path, headers, body]."""
+    arg = json.dumps(requests)
+    cmd = "python3 -c %s %s" % tuple("'" + s.replace("'", "'\"'\"'") + "'" for s in (CLIENT, arg))
+    return json.loads(host.check_output(cmd))
+
+
+def bearer(key):
+    return {"Authorization": "Bearer " + key}
+
+
+def chat(model, stream=False):
+    return {"model": model, "messages": [{"role": "user", "content": "say hello"}], "max_tokens": 4,
+            "stream": stream}
+
+
+def show(host, unit):
+    out = host.check_output("systemctl show %s -p %s" % (unit, PROPS))
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def active(host, unit):
+    return host.run("systemctl is-active %s" % unit).stdout.strip()
+
+
+def playbook(name, *args, timeout=900):
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    run = subprocess.run(["ansible-playbook", "-i", env["MOLECULE_INVENTORY_FILE"], *args,
+                          os.path.join(env["MOLECULE_SCENARIO_DIRECTORY"], name)],
+                         env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    return run.returncode, run.stdout + run.stderr
+
+
+def recap(output):
+    found = re.search(r"gpufleet-llm-router\s*:\s*ok=\d+\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", output)
+    assert found, output
+    return tuple(int(n) for n in found.groups())
+
+
+def test_check_diff_changes_nothing_and_shows_no_key():
+    rc, output = playbook("converge.yml", "--check", "--diff", "-v")
+    assert rc == 0, output
+    assert recap(output) == (0, 0, 0), output
+    for key in KEYS:
+        assert key not in output
+
+
+def test_wrong_settings_stop_the_role_before_any_change(host):
+    files = "/etc/llm-router/router.yml /etc/llm-router/env /etc/systemd/system/llm-router.service"
+    before = host.check_output("sha256sum %s" % files)
+    rc, output = playbook("router-only.yml", "-e", json.dumps({"llm_router_models": {
+        "tiny-a": {"backend": "llamacpp-tiny-a"}, "ghost": {"backend": "no-such-backend"}}}))
+    assert rc == 2 and recap(output) == (0, 0, 1), output
+    assert "llm_router_models.ghost.backend must name one of llm_router_backends" in output, output
+    assert "got no-such-backend" in output
+    # An SGLang backend needs sglang_api_key, which this host does not have: the message names it.
+    rc2, output2 = playbook("router-only.yml", "-e", json.dumps({
+        "llm_router_backends": {"sg": {"kind": "sglang", "url": "http://127.0.0.1:30000",
+                                       "unit": "sglang@chat.service"}},
+        "llm_router_models": {"qwen": {"backend": "sg"}}}))
+    assert rc2 == 2 and recap(output2) == (0, 0, 1), output2
+    assert "backend sg (kind sglang) needs its key in sglang_api_key" in output2, output2
+    assert host.check_output("sha256sum %s" % files) == before
+    for key in KEYS:
+        assert key not in output + output2
+
+
+def test_router_runs_hardened_as_llm_router_on_port_4000(host):
+    p = show(host, "llm-router.service")
+    assert (p["ActiveState"], p["UnitFileState"]) == ("active", "enabled")
+    assert (p["User"], p["Group"]) == ("llm-router", "llm-router")
+    assert (p["NoNewPrivileges"], p["ProtectSystem"], p["ProtectHome"], p["PrivateTmp"], p["PrivateDevices"],
+            p["PrivateUsers"], p["MemoryDenyWriteExecute"], p["ProtectProc"]) == \
+        ("yes", "strict", "yes", "yes", "yes", "yes", "yes", "invisible")
+    assert set(p["RestrictAddressFamilies"].split()) == {"AF_UNIX", "AF_INET", "AF_INET6"}
+    assert p["CapabilityBoundingSet"] == "" and p["Restart"] == "on-failure"
+    assert p["SystemCallFilter"] and not p["SystemCallFilter"].startswith("~")  # an allow list
+    assert "router.py --config /etc/llm-router/router.yml --check" in p["ExecStartPre"]
+    assert p["EnvironmentFiles"].startswith("/etc/llm-router/env")
+    status = host.check_output("cat /proc/%s/status" % p["MainPID"])
+    uid = host.check_output("id -u llm-router").strip()
+    assert re.search(r"^Uid:\s+%s\s+%s\s" % (uid, uid), status, re.M) and re.search(r"^NoNewPrivs:\s+1$", status, re.M)
+    listeners = host.check_output("ss -ltnpH")
+    assert re.findall(r"\s(\S+):4000\s", listeners) == ["0.0.0.0"], listeners
+    # The converge left the backends stopped: only a request makes the router start one.
+    assert ":8081 " not in listeners and ":8082 " not in listeners, listeners
+
+
+def test_files_owners_modes_and_no_key_outside_the_env_file(host):
+    stats = host.check_output(
+        "stat -c '%n %U:%G %a' /etc/llm-router /etc/llm-router/env /etc/llm-router/router.yml "
+        "/opt/llm-router/router.py /opt/llm-router/_backend_probe.py /etc/polkit-1/rules.d/50-llm-router.rules "
+        "/etc/systemd/system/llm-router.service")
+    assert stats.splitlines() == [
+        "/etc/llm-router root:llm-router 750",
+        "/etc/llm-router/env root:root 600",
+        "/etc/llm-router/router.yml root:llm-router 640",
+        "/opt/llm-router/router.py root:root 644",
+        "/opt/llm-router/_backend_probe.py root:root 644",
+        "/etc/polkit-1/rules.d/50-llm-router.rules root:root 644",
+        "/etc/systemd/system/llm-router.service root:root 644",
+    ]
+    env = host.check_output("cat /etc/llm-router/env")
+    assert 'LLM_ROUTER_CLIENT_API_KEYS="%s,%s"' % (CLIENT_KEY, OLD_CLIENT_KEY) in env
+    assert 'LLAMACPP_API_KEY="%s"' % LLAMACPP_KEY in env
+    config = host.check_output("cat /etc/llm-router/router.yml")
+    assert config.count("key_env: LLAMACPP_API_KEY") == 2 and "swap_policy: exclusive" in config
+    assert "unit: llamacpp@tiny-a.service" in config and "port: 4000" in config
+    rule = host.check_output("cat /etc/polkit-1/rules.d/50-llm-router.rules")
+    assert '"llamacpp@tiny-a.service"' in rule and '"llamacpp@tiny-b.service"' in rule and '"llm-router"' in rule
+    visible = host.check_output("cat /etc/llm-router/router.yml /etc/systemd/system/llm-router.service "
+                                "/etc/polkit-1/rules.d/50-llm-router.rules")
+    for key in KEYS:
+        assert key not in visible
+    # the service user may read its config but not the keys file, nor change its code
+    assert host.run("runuser -u llm-router -- head -c0 /etc/llm-router/router.yml").rc == 0
+    assert host.run("runuser -u llm-router -- head -c0 /etc/llm-router/env").rc != 0
+    assert host.run("runuser -u llm-router -- test -w /opt/llm-router/router.py").rc != 0
+
+
+def test_systemd_analyze_security_exposure(host):
+    out = host.check_output("systemd-analyze security --no-pager llm-router.service")
+    found = re.search(r"Overall exposure level for llm-router\.service: (\d+\.\d+)", out)
+    assert found, out
+    exposure = float(found.group(1))
+    print("systemd-analyze security llm-router.service: exposure %.1f" % exposure)
+    assert exposure <= 4.0, out
+
+
+def test_client_key_is_required(host):
+    a = ask(host,
+            none=["GET", "/v1/models"],
+            wrong=["POST", "/v1/chat/completions", bearer(WRONG_KEY), chat("tiny-a")],
+            nokey_chat=["POST", "/v1/chat/completions", {}, chat("tiny-a")],
+            metrics_nokey=["GET", "/metrics"],
+            models=["GET", "/v1/models", bearer(CLIENT_KEY)],
+            models_old=["GET", "/v1/models", {"x-api-key": OLD_CLIENT_KEY}],
+            health=["GET", "/health"])
+    for name in ("none", "wrong", "nokey_chat", "metrics_nokey"):
+        assert a[name]["status"] == 401, (name, a[name])
+        err = json.loads(a[name]["body"])["error"]
+        assert err["type"] == "invalid_request_error" and err["code"] == "invalid_api_key", a[name]
+        assert set(err) == {"message", "type", "param", "code"}
+    for name in ("models", "models_old"):
+        assert a[name]["status"] == 200, a[name]
+        assert sorted(m["id"] for m in json.loads(a[name]["body"])["data"]) == ["tiny-a", "tiny-b"]
+    assert a["health"]["status"] == 200
+    # nothing was started by refused requests
+    assert (active(host, UNIT_A), active(host, UNIT_B)) == ("inactive", "inactive")
+
+
+def test_real_completions_and_an_exclusive_swap(host):
+    a = ask(host,
+            first=["POST", "/v1/chat/completions", bearer(CLIENT_KEY), chat("tiny-a")],
+            stream=["POST", "/v1/chat/completions", {"x-api-key": CLIENT_KEY}, chat("tiny-a", stream=True)],
+            completion=["POST", "/v1/completions", bearer(CLIENT_KEY),
+                        {"model": "tiny-a", "prompt": "hello", "max_tokens": 3}])
+    assert a["first"]["status"] == 200, a["first"]
+    body = json.loads(a["first"]["body"])
+    assert body["object"] == "chat.completion" and body["choices"][0]["message"]["role"] == "assistant"
+    assert body["usage"]["completion_tokens"] >= 1
+    assert a["stream"]["status"] == 200 and a["stream"]["type"].startswith("text/event-stream"), a["stream"]
+    events = [line[6:] for line in a["stream"]["body"].splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]" and len(events) >= 2, a["stream"]
+    assert json.loads(events[0])["object"] == "chat.completion.chunk"
+    assert a["completion"]["status"] == 200 and json.loads(a["completion"]["body"])["object"] == "text_completion"
+    assert (active(host, UNIT_A), active(host, UNIT_B)) == ("active", "inactive")
+    pid_a = show(host, UNIT_A)["MainPID"]
+
+    b = ask(host, second=["POST", "/v1/chat/completions", bearer(CLIENT_KEY), chat("tiny-b")],
+            health=["GET", "/health"],
+            metrics=["GET", "/metrics", bearer(CLIENT_KEY)])
+    assert b["second"]["status"] == 200, b["second"]
+    assert json.loads(b["second"]["body"])["choices"][0]["message"]["role"] == "assistant"
+    # exclusive policy: the first unit was stopped, the second started
+    assert (active(host, UNIT_A), active(host, UNIT_B)) == ("inactive", "active")
+    assert show(host, UNIT_A)["MainPID"] == "0" and pid_a != "0"
+    health = json.loads(b["health"]["body"])
+    assert health["active_backends"] == ["llamacpp-tiny-b"], health
+    assert health["backends"]["llamacpp-tiny-a"]["state"] == "stopped", health
+    assert health["backends"]["llamacpp-tiny-b"]["state"] == "ready", health
+    metrics = b["metrics"]["body"]
+    assert 'llm_router_swaps_total{backend="llamacpp-tiny-a",result="ok"} 1' in metrics, metrics
+    assert 'llm_router_swaps_total{backend="llamacpp-tiny-b",result="ok"} 1' in metrics, metrics
+    assert 'llm_router_swap_duration_seconds_count{backend="llamacpp-tiny-b"} 1' in metrics
+    assert re.search(r'llm_router_requests_total\{model="tiny-b",status="200"\} 1$', metrics, re.M), metrics
+    assert re.search(r"^llm_router_client_auth_failures_total [1-9]", metrics, re.M), metrics
+
+    # ... and back: tiny-a again swaps the units round
+    c = ask(host, again=["POST", "/v1/chat/completions", bearer(CLIENT_KEY), chat("tiny-a")])
+    assert c["again"]["status"] == 200, c["again"]
+    assert (active(host, UNIT_A), active(host, UNIT_B)) == ("active", "inactive")
+
+
+def test_polkit_lets_the_router_user_start_and_stop_only_its_units(host):
+    host.check_output("printf '[Service]\\nExecStart=/bin/sleep infinity\\n' > /run/systemd/system/unrelated.service"
+                      " && systemctl daemon-reload && systemctl start unrelated.service")
+
+    def as_router(verb, unit):
+        return host.run("runuser -u llm-router -- systemctl %s %s" % (verb, unit))
+
+    for verb, unit in (("stop", "unrelated.service"), ("stop", "llm-router.service"),
+                       ("restart", UNIT_A), ("start", "unrelated.service"), ("stop", "polkit.service")):
+        denied = as_router(verb, unit)
+        assert denied.rc != 0, (verb, unit)
+        assert "Access denied" in denied.stderr or "authentication required" in denied.stderr.lower(), denied.stderr
+    assert active(host, "unrelated.service") == "active"
+    assert active(host, "llm-router.service") == "active"
+    assert active(host, "polkit.service") == "active"
+    # the same user may stop and start a backend unit (what a swap does)
+    assert as_router("stop", UNIT_A).rc == 0 and active(host, UNIT_A) == "inactive"
+    assert as_router("start", UNIT_A).rc == 0 and active(host, UNIT_A) == "active"
+    host.check_output("systemctl stop unrelated.service")
+
+
+def test_a_bad_config_fails_the_start_naming_the_field(host):
+    host.check_output("cp -p /etc/llm-router/router.yml /root/router.yml.good && "
+                      "sed -i 's/^  port: 4000$/  port: four-thousand/' /etc/llm-router/router.yml")
+    try:
+        failed = host.run("systemctl restart llm-router.service")
+        assert failed.rc != 0
+        log = host.check_output("journalctl --no-pager -u llm-router.service -n 20")
+        assert "config error: listen.port: expected int, got str" in log, log
+        assert show(host, "llm-router.service")["ActiveState"] in ("failed", "activating"), log
+    finally:
+        host.check_output("cp -p /root/router.yml.good /etc/llm-router/router.yml && "
+                          "systemctl reset-failed llm-router.service; systemctl restart llm-router.service")
+    deadline = time.monotonic() + 60
+    while host.run("python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", 4000))'").rc != 0:
+        assert time.monotonic() < deadline, "the router did not come back with the good config"
+        time.sleep(1)
+    assert ask(host, models=["GET", "/v1/models", bearer(CLIENT_KEY)])["models"]["status"] == 200
+
+
+def test_no_key_in_the_journal(host):
+    log = host.check_output("journalctl --no-pager -u llm-router.service -u 'llamacpp@*' -u polkit.service")
+    assert "swap" in log
+    for key in KEYS:
+        assert key not in log
