@@ -1,0 +1,192 @@
+# Copyright (c) 2026, gpufleet.llm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""One real systemd test host (podman, localhost/gpufleet-host:bookworm) for the security suite.
+
+It runs all four roles through playbooks/site.yml (gpufleet.llm.site): TabbyAPI (the test double,
+archive install), a llama.cpp instance (the cached real llama-server when tests/tools/
+build-llama-server.sh has built it, else tests/integration/security/llama_server_double.py), an SGLang
+instance (the test double) and the router in front of them. Every key is a fresh random value of
+this session. Every ansible-playbook run of the suite goes through ``SecurityHost.play``, which keeps
+its whole output so that test_secret_hygiene.py can grep all of it at the end.
+
+/opt/tabbyapi (TabbyAPI's install dir, where api_tokens.yml lives) is a 2 MB tmpfs, so that
+test_faults.py can fill the file system under api_tokens.yml.
+
+GPUFLEET_KEEP_HOST=1 keeps the container afterwards; GPUFLEET_SECHOST=<name> reuses such a kept host
+(the session's fresh keys then reach it through the converge run, as a key change would).
+"""
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[3]
+BIN = Path(sys.executable).parent
+IMAGE = 'localhost/gpufleet-host:bookworm'
+CA = '/usr/local/share/gpufleet-controller-ca.crt'
+LLAMA_CACHE = Path(os.environ.get('LLAMA_SERVER_CACHE', Path.home() / '.cache/gpufleet/llama-server'))
+
+
+def new_key(label):
+    return 'sec-%s-%s' % (label, secrets.token_hex(12))
+
+
+class SecurityHost:
+    def __init__(self, name, workdir):
+        self.name, self.workdir = name, workdir
+        self.outputs = []            # (label, argv, output) of every ansible-playbook run
+        self.keys = {
+            'tabbyapi_api_key': new_key('tabby-api'),
+            'tabbyapi_admin_key': new_key('tabby-admin'),
+            'llamacpp_api_key': new_key('llamacpp'),
+            'sglang_api_key': new_key('sglang'),
+            'llm_router_client_api_keys': [new_key('client')],
+        }
+        self.extra_secrets = []      # wrong keys and rotated keys used by the tests (also never printed)
+        self.llama_server_real = False
+        self.group_vars = {}
+
+    # -- every secret value of the session ---------------------------------------------------------
+    def secrets(self):
+        values = []
+        for v in self.keys.values():
+            values += v if isinstance(v, list) else [v]
+        return values + self.extra_secrets
+
+    # -- commands on the host ----------------------------------------------------------------------
+    def sh(self, script, check=True, timeout=300):
+        proc = subprocess.run(['podman', 'exec', self.name, 'bash', '-c', script], capture_output=True, text=True,
+                              timeout=timeout, check=False)
+        if check and proc.returncode != 0:
+            raise AssertionError('%s failed (%d): %s %s' % (script, proc.returncode, proc.stdout, proc.stderr))
+        return proc
+
+    def http(self, url, key=None, header='Authorization', method='GET', body=None):
+        """(status, body) of a request made on the host itself (the backends listen on its loopback)."""
+        headers = {}
+        if key is not None:
+            headers[header] = ('Bearer ' + key) if header == 'Authorization' else key
+        script = ('import json, sys, urllib.request, urllib.error\n'
+                  'a = json.load(sys.stdin)\n'
+                  'r = urllib.request.Request(a["url"], data=a["body"].encode() if a["body"] else None, '
+                  'headers=a["headers"], method=a["method"])\n'
+                  'r.add_header("Content-Type", "application/json")\n'
+                  'try:\n    res = urllib.request.urlopen(r, timeout=30); print(res.status); print(res.read().decode())\n'
+                  'except urllib.error.HTTPError as e:\n    print(e.code); print(e.read().decode())\n')
+        import json  # pylint: disable=import-outside-toplevel
+        proc = subprocess.run(['podman', 'exec', '-i', self.name, 'python3', '-c', script],
+                              input=json.dumps({'url': url, 'headers': headers, 'method': method, 'body': body}),
+                              capture_output=True, text=True, timeout=60, check=False)
+        if proc.returncode != 0:
+            return None, proc.stderr
+        status, _ign, text = proc.stdout.partition('\n')
+        return int(status), text
+
+    # -- ansible-playbook --------------------------------------------------------------------------
+    def write_inventory(self, overrides=None, extra_hosts=None):
+        inv_dir = self.workdir / 'inventory'
+        (inv_dir / 'group_vars').mkdir(parents=True, exist_ok=True)
+        host = {'ansible_connection': 'containers.podman.podman', 'ansible_python_interpreter': '/usr/bin/python3'}
+        hosts = {self.name: host}
+        for h in extra_hosts or ():
+            hosts[h] = dict(host)
+        groups = {g: {'hosts': {h: {} for h in hosts}} for g in ('tabbyapi', 'llamacpp', 'sglang', 'llm_router')}
+        (inv_dir / 'hosts.yml').write_text(yaml.safe_dump({'all': {'hosts': hosts, 'children': groups}}))
+        variables = dict(self.group_vars, **self.keys)
+        variables.update(overrides or {})
+        for name, value in list(variables.items()):
+            if value is KeyError:
+                del variables[name]
+        (inv_dir / 'group_vars' / 'all.yml').write_text(yaml.safe_dump(variables))
+        return inv_dir
+
+    def play(self, label, *args, overrides=None, extra_hosts=None, playbook='gpufleet.llm.site', timeout=1200):
+        """Run site.yml (or another playbook) on the host; returns (rc, output, seconds)."""
+        inv = self.write_inventory(overrides, extra_hosts)
+        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(ROOT / 'build/collections'), ANSIBLE_NOCOLOR='1',
+                   ANSIBLE_CONFIG=str(ROOT / 'ansible.cfg'), ANSIBLE_ROLES_PATH=str(ROOT / 'roles'),
+                   CONTAINERS_CONF=str(ROOT / 'tests/hosts/containers.conf'), ANSIBLE_HOST_KEY_CHECKING='false',
+                   PATH=str(BIN) + os.pathsep + os.environ.get('PATH', ''))
+        argv = [str(BIN / 'ansible-playbook'), '-i', str(inv), playbook] + list(args)
+        started = time.monotonic()
+        proc = subprocess.run(argv, cwd=str(self.workdir), env=env, capture_output=True, text=True, timeout=timeout,
+                              check=False)
+        took = time.monotonic() - started
+        output = proc.stdout + proc.stderr
+        self.outputs.append((label, argv, output))
+        (self.workdir / ('play-%02d-%s.log' % (len(self.outputs), label))).write_text(output)
+        return proc.returncode, output, took
+
+
+def _artifacts(workdir):
+    art = workdir / 'artifacts'
+    art.mkdir()
+    doubles = ROOT / 'tests/doubles'
+    subprocess.run('set -o pipefail; tar -C %s --exclude=__pycache__ -c tabbyapi | gzip -n > %s/tabbyapi-double.tar.gz'
+                   % (doubles, art), shell=True, check=True, executable='/bin/bash')
+    subprocess.run("set -o pipefail; tar -C %s --exclude=__pycache__ --transform 's,^sglang,sglang-0.0.0,' -c sglang"
+                   " | gzip -n > %s/sglang-0.0.0.tar.gz" % (doubles, art), shell=True, check=True, executable='/bin/bash')
+    real = sorted(LLAMA_CACHE.glob('[0-9]*/llama-server'))
+    if real:
+        shutil.copy(real[-1], art / 'llama-server')
+    else:
+        shutil.copy(Path(__file__).parent / 'llama_server_double.py', art / 'llama-server')
+    (art / 'llama-server').chmod(0o755)
+    subprocess.run([sys.executable, str(ROOT / 'tests/tools/make-tiny-gguf.py'), str(art / 'tiny.gguf')], check=True,
+                   capture_output=True)
+    return art, bool(real)
+
+
+@pytest.fixture(scope='session')
+def sechost(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp('sechost')
+    reuse = os.environ.get('GPUFLEET_SECHOST', '')
+    name = reuse or 'gpufleet-secsuite-%d' % os.getpid()
+    env = dict(os.environ, CONTAINERS_CONF=str(ROOT / 'tests/hosts/containers.conf'))
+    if not reuse:
+        subprocess.run(['podman', 'rm', '-f', name], env=env, capture_output=True, check=False)
+        subprocess.run(['podman', 'run', '-d', '--name', name, '--hostname', 'sechost', '--systemd=always',
+                        '--tmpfs', '/opt/tabbyapi:rw,size=2m,mode=0755', IMAGE, '/sbin/init'],
+                       env=env, check=True, capture_output=True)
+    host = SecurityHost(name, workdir)
+    try:
+        deadline = time.monotonic() + 60
+        while host.sh('systemctl is-system-running', check=False).stdout.strip() not in ('running', 'degraded'):
+            assert time.monotonic() < deadline, 'systemd did not come up in the test host'
+            time.sleep(1)
+        art, host.llama_server_real = _artifacts(workdir)
+        host.sh('mkdir -p /srv/models/exl2/double-model-exl2 /srv/models/exl2/second-model-exl2')
+        host.group_vars = {
+            'gpufleet_serial': 2,
+            'tabbyapi_install_method': 'archive', 'tabbyapi_archive_src': str(art / 'tabbyapi-double.tar.gz'),
+            'tabbyapi_pip_extras': '', 'tabbyapi_pip_cert': CA, 'tabbyapi_model_dir': '/srv/models/exl2',
+            'tabbyapi_model_name': 'double-model-exl2', 'tabbyapi_gate_timeout': 60,
+            'tabbyapi_config_extra': {'developer': {'unsafe_launch': True}},
+            'sglang_pip_src': str(art / 'sglang-0.0.0.tar.gz'), 'sglang_pip_cert': CA, 'sglang_gate_timeout': 60,
+            'sglang_instances': [{'name': 'chat', 'model_path': '/srv/models/hf/Qwen2.5-7B-Instruct'}],
+            'llamacpp_install_method': 'copy', 'llamacpp_binary_src': str(art / 'llama-server'),
+            'llamacpp_private_devices': True, 'llamacpp_gate_timeout': 120,
+            'llamacpp_instances': [{'name': 'tiny', 'model_src': str(art / 'tiny.gguf'), 'ctx_size': 512, 'threads': 1}],
+            'llm_router_pip_cert': CA,
+        }
+        rc, output, took = host.play('converge', '-vvv', '--diff')
+        host.converge = (rc, output, took)
+        yield host
+    finally:
+        (workdir / 'journal.txt').write_text(host.sh('journalctl --no-pager -o short-iso', check=False).stdout)
+        if not os.environ.get('GPUFLEET_KEEP_HOST') and not reuse:
+            subprocess.run(['podman', 'rm', '-f', name], env=env, capture_output=True, check=False)
+
+
+@pytest.fixture(scope='session')
+def converged(sechost):
+    rc, output, _ign = sechost.converge
+    assert rc == 0, output[-6000:]
+    return sechost

@@ -1,0 +1,147 @@
+# Copyright (c) 2026, gpufleet.llm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Fault matrix on a real systemd host, through playbooks/site.yml (-vvv, so test_secret_hygiene.py
+also greps these failing runs for keys). Each case asserts the error it names, that it came far
+below the timeout it had, and that nothing was lost (the keys and the service that was serving).
+
+The cases run in file order on one host; each leaves TabbyAPI serving again for the next one.
+"""
+
+import re
+import time
+
+import pytest
+
+from conftest import new_key
+
+TOKENS = '/opt/tabbyapi/api_tokens.yml'
+BIG = 900            # seconds: the gate timeout the failing cases get ("far below" = under a third of it)
+
+
+def tokens_digest(host):
+    return host.sh('sha256sum %s' % TOKENS).stdout.split()[0]
+
+
+def tabby_accepts(host, key):
+    status, _ign = host.http('http://127.0.0.1:5000/v1/models', key=key, header='x-api-key')
+    return status
+
+
+def router_serves(host, model='tiny'):
+    body = '{"model": "%s", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}' % model
+    status, text = host.http('http://127.0.0.1:4000/v1/chat/completions', key=host.keys['llm_router_client_api_keys'][0],
+                             method='POST', body=body)
+    return status, text
+
+
+def tabby_run(host, label, **overrides):
+    overrides.setdefault('tabbyapi_gate_timeout', BIG)
+    return host.play(label, '-vvv', '--tags', 'tabbyapi', overrides=overrides)
+
+
+@pytest.fixture(scope='module')
+def host(converged):
+    return converged
+
+
+def test_key_missing_stops_before_any_host_is_touched(host):
+    before = host.sh('find /etc /opt -newer /etc/hostname -type f | sort | xargs -r sha256sum').stdout
+    rc, output, took = host.play('key-missing', '-vvv', '--diff', overrides={'sglang_api_key': KeyError})
+    assert rc != 0
+    assert re.search(r'sglang_api_key is not set for ' + re.escape(host.name), output), output[-3000:]
+    assert 'Rolling rollout, gated on readiness' not in output        # the second play never started
+    assert took < 300
+    assert host.sh('find /etc /opt -newer /etc/hostname -type f | sort | xargs -r sha256sum').stdout == before
+    assert router_serves(host)[0] == 200
+
+
+def test_wrong_key_fails_at_once_and_the_old_service_keeps_serving(host):
+    wrong = new_key('wrong-gate')
+    host.extra_secrets.append(wrong)
+    digest = tokens_digest(host)
+    rc, output, took = tabby_run(host, 'wrong-key', tabbyapi_gate_api_key=wrong)
+    assert rc != 0
+    assert 'tabbyapi at http://127.0.0.1:5000 rejected the API key sent as x-api-key' in output, output[-3000:]
+    assert '401 Invalid API key' in output
+    assert took < BIG / 3, 'failed after %.0f s against a %d s gate timeout' % (took, BIG)
+    assert tokens_digest(host) == digest
+    assert tabby_accepts(host, host.keys['tabbyapi_api_key']) == 200
+    assert tabby_accepts(host, wrong) == 401
+
+
+def test_configured_model_absent_fails_naming_the_unit(host):
+    rc, output, took = tabby_run(host, 'model-absent', tabbyapi_model_name='no-such-model-exl2')
+    assert rc != 0
+    assert re.search(r'unit tabbyapi\.service is (failed|inactive)', output), output[-3000:]
+    assert 'Could not find the model path for load' in output          # the journal lines in the message
+    assert took < BIG / 3
+    assert host.keys['tabbyapi_api_key'] not in host.sh('journalctl -u tabbyapi.service --no-pager').stdout
+
+
+def test_slow_load_within_the_timeout_succeeds(host):
+    """The double keeps its port closed for 20 s while it loads (as TabbyAPI does); the gate waits."""
+    started = time.monotonic()
+    rc, output, took = tabby_run(host, 'slow-load', tabbyapi_gate_timeout=120,
+                                 tabbyapi_service_extra={'Environment': 'TABBY_DOUBLE_LOAD_SECONDS=20'})
+    assert rc == 0, output[-3000:]
+    assert took >= 20 and time.monotonic() - started < 600
+    assert tabby_accepts(host, host.keys['tabbyapi_api_key']) == 200
+
+
+def test_port_never_opening_times_out_naming_the_last_answer(host):
+    rc, output, took = tabby_run(host, 'port-never-opens', tabbyapi_gate_timeout=25,
+                                 tabbyapi_service_extra={'Environment': 'TABBY_DOUBLE_LOAD_SECONDS=100000'})
+    assert rc != 0
+    assert re.search(r'was not ready on /v1/model\S* after 25(\.0)? s and \d+ attempts; last: connection refused', output), \
+        output[-3000:]
+    assert took < 25 + 300
+
+
+def test_crash_while_loading_fails_once_the_unit_gives_up(host):
+    """systemd kills the loading process after 3 s (RuntimeMaxSec): Restart=on-failure retries until the
+    start limit, then the unit is failed and the gate stops at once instead of waiting its 900 s."""
+    rc, output, took = tabby_run(host, 'crash-while-loading',
+                                 tabbyapi_service_extra={'Environment': 'TABBY_DOUBLE_LOAD_SECONDS=60',
+                                                         'RuntimeMaxSec': '3', 'RestartSec': '1'})
+    assert rc != 0
+    assert re.search(r'unit tabbyapi\.service is failed', output), output[-3000:]
+    assert took < BIG / 3
+
+
+def test_restore_tabbyapi(host):
+    rc, output, _ign = tabby_run(host, 'restore', tabbyapi_gate_timeout=120)
+    assert rc == 0, output[-3000:]
+    assert tabby_accepts(host, host.keys['tabbyapi_api_key']) == 200
+
+
+def test_full_filesystem_under_api_tokens_leaves_the_old_file_intact(host):
+    """A key change while /opt/tabbyapi is full: Ansible writes a temporary file next to api_tokens.yml and
+    renames it over the old one, so the failed write leaves the old file whole and TabbyAPI serving."""
+    digest, content_len = tokens_digest(host), len(host.sh('cat %s' % TOKENS).stdout)
+    new_api = new_key('tabby-api-rotated')
+    host.extra_secrets.append(new_api)
+    host.sh('dd if=/dev/zero of=/opt/tabbyapi/.fill bs=4k 2>/dev/null; true')
+    assert host.sh('df --output=avail /opt/tabbyapi | tail -1').stdout.strip() == '0'
+    try:
+        rc, output, took = tabby_run(host, 'full-fs', tabbyapi_api_key=new_api, tabbyapi_gate_api_key=new_api)
+    finally:
+        leftovers = host.sh('ls -a /opt/tabbyapi').stdout.split()
+        host.sh('rm -f /opt/tabbyapi/.fill')
+    assert rc != 0
+    assert re.search(r'fatal: \[%s\]: FAILED!.*' % re.escape(host.name), output)
+    failed_task = re.findall(r'TASK \[([^\]]+)\][^\n]*\n(?:(?!TASK \[).)*?fatal: \[', output, re.S)
+    assert failed_task and 'api_tokens.yml' in failed_task[-1], failed_task
+    assert took < BIG / 3
+    assert tokens_digest(host) == digest
+    assert len(host.sh('cat %s' % TOKENS).stdout) == content_len
+    assert [f for f in leftovers if f.startswith('.ansible_tmp') or f.startswith('tmp')] == [], leftovers
+    assert tabby_accepts(host, host.keys['tabbyapi_api_key']) == 200
+    assert tabby_accepts(host, new_api) == 401
+    assert router_serves(host)[0] == 200
+
+
+def test_everything_serves_after_the_faults(host):
+    rc, output, _ign = host.play('after-faults', '--diff')
+    assert rc == 0, output[-3000:]
+    assert router_serves(host, 'tiny')[0] == 200
+    assert router_serves(host, 'double-model-exl2')[0] == 200
