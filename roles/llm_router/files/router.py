@@ -115,10 +115,15 @@ def _get(mapping, key, where, kind, default=None, required=False):
     return value
 
 
+def _show(key):
+    """A YAML key as it goes into a one-line message (keys may be of any type, or hold newlines)."""
+    return key if isinstance(key, str) and key.isprintable() and key.strip() else repr(key)
+
+
 def _no_unknown(mapping, allowed, where):
-    unknown = sorted(set(mapping) - set(allowed), key=str)    # YAML keys may be of any type
+    unknown = sorted(set(mapping) - set(allowed), key=str)
     if unknown:
-        raise ConfigError('%s: unknown field(s) %s' % (where or 'config', ', '.join(map(str, unknown))))
+        raise ConfigError('%s: unknown field(s) %s' % (where or 'config', ', '.join(map(_show, unknown))))
 
 
 def parse_config(data, environ):
@@ -139,7 +144,7 @@ def parse_config(data, environ):
     if not raw_backends:
         raise ConfigError('backends: at least one backend is required')
     for name, spec in raw_backends.items():
-        where = 'backends.%s' % name
+        where = 'backends.%s' % _show(name)
         if not isinstance(spec, dict):
             raise ConfigError('%s: expected a mapping' % where)
         _no_unknown(spec, ('kind', 'url', 'unit', 'key_env', 'connect_timeout', 'read_timeout'), where)
@@ -170,7 +175,7 @@ def parse_config(data, environ):
     if not raw_models:
         raise ConfigError('models: at least one model is required')
     for name, spec in raw_models.items():
-        where = 'models.%s' % name
+        where = 'models.%s' % _show(name)
         if not isinstance(spec, dict):
             raise ConfigError('%s: expected a mapping' % where)
         _no_unknown(spec, ('backend', 'model'), where)
