@@ -141,7 +141,7 @@ def main():
     parser.add_argument('--runs', type=int, default=7, help='runs of the ready-latency measurement (default 7)')
     parser.add_argument('--wrong-key-runs', type=int, default=3)
     parser.add_argument('--max-interval', type=float, default=None,
-                        help='max_interval for (b); default: the module default (1 s)')
+                        help='max_interval for (b); default: the module default (0.25 s)')
     args = parser.parse_args()
 
     backend = FakeBackend('tabbyapi', keys=[KEY], model=MODEL).start()
@@ -163,7 +163,7 @@ def main():
     tasks = [r[0] for r in latencies]
     seen = [r[1] for r in latencies]
     print('(b) backend ready -> task returned, %d runs, max_interval %s' % (
-        len(latencies), args.max_interval if args.max_interval is not None else '1 (default)'))
+        len(latencies), args.max_interval if args.max_interval is not None else '0.25 (default)'))
     for task_latency, probe_latency, offset, attempts in latencies:
         print('    ready %.2f s after first probe: probe saw it after %.3f s, task returned after %.3f s (%d attempts)'
               % (offset, probe_latency, task_latency, attempts))
