@@ -179,8 +179,9 @@ def test_wrong_gate_key_fails_at_the_gate_within_seconds(host):
                                 os.path.join(os.environ["MOLECULE_SCENARIO_DIRECTORY"], "converge.yml"))
     assert rc == 2, output
     assert recap(output)[1:] == (0, 1), output
-    assert "accepts the key" in output and "Invalid API Key" in output and "401" in output, output
-    assert "http://127.0.0.1:8080" in output, output
+    assert "accept the key at http://127.0.0.1:8080" in output, output
+    assert "llamacpp at http://127.0.0.1:8080 rejected the API key sent as Authorization on /props: " \
+        "401 Invalid API Key" in output, output
     assert took < 60, "the failing converge took %.0f s" % took
     for key in (KEY, OLD_KEY, WRONG_KEY):
         assert key not in output
