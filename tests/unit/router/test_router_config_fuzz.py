@@ -99,7 +99,7 @@ def check(doc, environ=None):
     # accepted: what was accepted must be usable
     assert isinstance(cfg.port, int) and 0 < cfg.port < 65536
     # NaN compares false with everything: "> 0" lets it through, and every deadline built on it is broken.
-    # (.inf is accepted: it means "wait forever", a choice rather than an error.)
+    # (.inf would at least be a deliberate "wait forever"; router.py refuses it as well.)
     for t in (cfg.readiness_timeout, cfg.drain_timeout, cfg.shutdown_timeout):
         assert isinstance(t, float) and not math.isnan(t) and t > 0, 'timeout %r accepted' % t
     for b in cfg.backends.values():
