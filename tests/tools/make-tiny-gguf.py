@@ -53,7 +53,9 @@ def build_vocab() -> tuple[list[str], list[float], list[int]]:
     words = ["\u2581"]
     words += list(string.ascii_lowercase + string.ascii_uppercase + string.digits + ".,!?'-:")
     words += ["\u2581" + c for c in string.ascii_lowercase]
-    words += ["\u2581the", "\u2581a", "\u2581is", "\u2581hello", "\u2581world", "\u2581say"]
+    words += ["\u2581the", "\u2581is", "\u2581hello", "\u2581world", "\u2581say"]
+    # llama.cpp refuses a vocabulary with a piece listed twice.
+    assert len(set(words)) == len(words), "duplicate vocabulary piece"
     for i, w in enumerate(words):
         pieces.append(w)
         types.append(tt.NORMAL)
