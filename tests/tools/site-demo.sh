@@ -36,7 +36,7 @@ chmod 0700 "$DEMO"
 # llama.cpp: a real llama-server binary and a tiny real GGUF model, both for the controller to copy.
 llama_server=$(tests/tools/build-llama-server.sh | tail -n 1)
 test -x "$llama_server" || { echo "build-llama-server.sh did not print a binary path" >&2; exit 1; }
-ln -sfn "$llama_server" "$DEMO/llama-server"
+cmp -s "$llama_server" "$DEMO/llama-server" || install -m 0755 "$llama_server" "$DEMO/llama-server"
 if [[ ! -s $DEMO/tiny.gguf ]]; then
   python3 tests/tools/make-tiny-gguf.py "$DEMO/tiny.gguf"
 fi
