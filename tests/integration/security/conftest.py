@@ -121,7 +121,8 @@ class SecurityHost:
         took = time.monotonic() - started
         output = proc.stdout + proc.stderr
         self.outputs.append((label, argv, output))
-        (self.workdir / ('play-%02d-%s.log' % (len(self.outputs), label))).write_text(output)
+        (self.workdir / ('play-%02d-%s.log' % (len(self.outputs), label))).write_text(output + '\n# rc %d, %.1f s\n' % (proc.returncode, took))
+        print('[%s: rc %d, %.1f s]' % (label, proc.returncode, took))
         return proc.returncode, output, took
 
 
