@@ -148,75 +148,65 @@ def test_converged_hosts_accept_the_openbao_keys():
     assert 'checked 8 answers' in out
 
 
-def test_rotation_from_openbao():
+def test_interrupted_rotation_from_openbao_is_finished_by_a_rerun():
     before = {scope: kv(scope) for scope in SCOPES}
-    rc, out = rotate('openbao-rotation')
+    rc, out = rotate('openbao-interrupted', rotate_fail_after_store=True)
+    assert rc != 0
+    assert 'Stopped after storing the new keys of tabbyapi, llamacpp, router' in out
+    pending = {scope: kv(scope) for scope in ('tabbyapi', 'llamacpp', 'router')}
+    for scope, (data, version) in pending.items():
+        assert data['rotation_pending'] is True and version == before[scope][1] + 1
+        assert kv(scope, before[scope][1])[0] == before[scope][0]   # the older version is kept
+    stored = keys_of({s: pending[s][0] for s in pending})
+    for scope in stored:
+        assert not set(stored[scope]) & set(STATE['first'][scope])
+        assert all(len(k) == 48 and k.isalnum() for k in stored[scope])
+    # No host has seen the stored keys yet; every host still works with the keys it had.
+    check(accept={s: STATE['first'][s] for s in stored}, refuse=stored)
+
+    rc, out = rotate('openbao-resumed')
     assert rc == 0, out[-4000:]
+    assert 'interrupted rotation finished: tabbyapi, llamacpp, router' in out
     assert 'keys rotated: tabbyapi_api_key, tabbyapi_admin_key, llamacpp_api_key, llm_router_client_api_keys' in out
     assert 'hosts: gpufleet-rotation-1, gpufleet-rotation-2' in out
     after = {scope: kv(scope) for scope in SCOPES}
-    for scope in ('tabbyapi', 'llamacpp', 'router'):
-        assert after[scope][1] == before[scope][1] + 2               # pending version, then final
-        assert after[scope][0]['rotation_pending'] is False
-        old_version = kv(scope, before[scope][1])[0]
-        assert old_version == before[scope][0]                       # the older version is kept
-    assert after['sglang'] == before['sglang']                       # no host runs SGLang here
-    new = keys_of({s: after[s][0] for s in SCOPES})
-    for scope in ('tabbyapi', 'llamacpp', 'router'):
-        assert not set(new[scope]) & set(STATE['first'][scope])
-    check(accept=new, refuse={s: STATE['first'][s] for s in ('tabbyapi', 'llamacpp', 'router')})
-    STATE['second'] = new
-
-
-def test_interrupted_rotation_is_finished_by_a_rerun():
-    before = {scope: kv(scope) for scope in SCOPES}
-    rc, out = rotate('openbao-interrupted', rotate_scope=['llamacpp', 'router'], rotate_fail_after_store=True)
-    assert rc != 0
-    assert 'Stopped after storing the new keys of llamacpp, router' in out
-    pending = {scope: kv(scope) for scope in ('llamacpp', 'router')}
-    for scope, (data, version) in pending.items():
-        assert data['rotation_pending'] is True and version == before[scope][1] + 1
-    stored = keys_of({s: pending[s][0] for s in pending})
-    # No host has seen the stored keys yet; every host still works with the keys it had.
-    check(accept={s: STATE['second'][s] for s in ('llamacpp', 'router')}, refuse=stored)
-
-    rc, out = rotate('openbao-resumed')                              # scope all, resumes the two
-    assert rc == 0, out[-4000:]
-    assert 'interrupted rotation finished: llamacpp, router' in out
-    after = {scope: kv(scope) for scope in SCOPES}
-    for scope in ('llamacpp', 'router'):
+    for scope in stored:
         assert after[scope][1] == pending[scope][1] + 1              # only the final write
         assert after[scope][0]['rotation_pending'] is False
         assert keys_of({scope: after[scope][0]})[scope] == stored[scope]   # the stored keys, no new ones
-    assert after['tabbyapi'][1] == before['tabbyapi'][1] + 2          # rotated normally
-    new = keys_of({s: after[s][0] for s in SCOPES})
-    check(accept=new, refuse={s: STATE['second'][s] for s in ('tabbyapi', 'llamacpp', 'router')})
-    STATE['third'] = new
+    assert after['sglang'] == before['sglang']                       # no host runs SGLang here
+    check(accept=stored, refuse={s: STATE['first'][s] for s in stored})
+    STATE['second'] = stored
 
 
 def test_rotation_from_ansible_vault():
     first = vault_vars()
-    rc, out = rotate('ansible-vault-rotation', gpufleet_key_source='ansible_vault', rotate_serial='2')
+    rc, out = rotate('ansible-vault-rotation', gpufleet_key_source='ansible_vault',
+                     rotate_scope=['llamacpp'], rotate_serial='2')
     assert rc == 0, out[-4000:]
     assert 'key source: ansible_vault' in out
+    assert 'keys rotated: llamacpp_api_key' in out
     final = vault_vars()
     assert VAULT_FILE.read_text().startswith('$ANSIBLE_VAULT;')
     assert final['vault_gpufleet_rotation_pending'] == []
     assert final['vault_unrelated_setting'] == 'kept as it is'
+    for name in ('vault_tabbyapi_api_key', 'vault_llm_router_client_api_keys'):
+        assert final[name] == first[name]                            # outside the scope
+    assert final['vault_llamacpp_api_key'] != first['vault_llamacpp_api_key']
     backups = sorted(VAULT_FILE.parent.glob('vault.yml.*.bak'))
     assert len(backups) == 2                                         # before the pending write, before the final
+    assert all(b.read_text().startswith('$ANSIBLE_VAULT;') for b in backups)
     assert vault_vars(backups[0]) == first
-    assert sorted(vault_vars(backups[1])['vault_gpufleet_rotation_pending']) == ['llamacpp', 'router', 'tabbyapi']
-    new = {s: k for s, k in keys_of_vault(final).items() if s != 'sglang'}
-    old = {s: k for s, k in keys_of_vault(first).items() if s != 'sglang'}
-    check(accept=new, refuse={s: old[s] + STATE['third'][s] for s in new})
+    assert vault_vars(backups[1])['vault_gpufleet_rotation_pending'] == ['llamacpp']
+    check(accept={'llamacpp': [final['vault_llamacpp_api_key']]},
+          refuse={'llamacpp': [first['vault_llamacpp_api_key']] + STATE['second']['llamacpp']})
 
 
 def test_no_key_value_in_any_output_or_journal(host):
     values = every_stored_key()
-    assert len(values) >= 20
+    assert len(values) >= 15
     logs = sorted(LOGS.glob('*.log'))
-    assert len(logs) == 4
+    assert len(logs) == 3
     for log in logs:
         text = log.read_text()
         assert 'ESTABLISH' in text or '<127.0.0.1>' in text or 'EXEC' in text   # it is a -vvv log
