@@ -34,6 +34,13 @@ def router_serves(host, model='tiny'):
     return status, text
 
 
+def gate_elapsed(output):
+    """Seconds the readiness gate (gpufleet.llm.wait_for_backend) itself waited, from its -vvv result."""
+    found = re.findall(r'"elapsed": ([0-9.]+)', output)
+    assert found, 'no wait_for_backend result in the output'
+    return float(found[-1])
+
+
 def tabby_run(host, label, **overrides):
     # A case that ended in a crash loop leaves the unit start-limited for StartLimitIntervalSec (300 s);
     # an operator clears that with reset-failed before the next rollout, and so does the suite.
@@ -68,6 +75,7 @@ def test_wrong_key_fails_at_once_and_the_old_service_keeps_serving(host):
     assert 'tabbyapi at http://127.0.0.1:5000 rejected the API key sent as x-api-key' in output, output[-3000:]
     assert '401 Invalid API key' in output
     assert took < BIG / 3, 'failed after %.0f s against a %d s gate timeout' % (took, BIG)
+    assert gate_elapsed(output) < 5                                     # the first answer decided it
     assert tokens_digest(host) == digest
     assert tabby_accepts(host, host.keys['tabbyapi_api_key']) == 200
     assert tabby_accepts(host, wrong) == 401
@@ -78,7 +86,7 @@ def test_configured_model_absent_fails_naming_the_unit(host):
     assert rc != 0
     assert re.search(r'unit tabbyapi\.service is (failed|inactive)', output), output[-3000:]
     assert 'Could not find the model path for load' in output          # the journal lines in the message
-    assert took < BIG / 3
+    assert took < BIG / 3 and gate_elapsed(output) < 120                # restart limit (5 x 5 s), not 900 s
     assert host.keys['tabbyapi_api_key'] not in host.sh('journalctl -u tabbyapi.service --no-pager').stdout
 
 
@@ -89,6 +97,7 @@ def test_slow_load_within_the_timeout_succeeds(host):
                                  tabbyapi_service_extra={'Environment': 'TABBY_DOUBLE_LOAD_SECONDS=20'})
     assert rc == 0, output[-3000:]
     assert took >= 20 and time.monotonic() - started < 600
+    assert 5 < gate_elapsed(output) < 120
     assert tabby_accepts(host, host.keys['tabbyapi_api_key']) == 200
 
 
@@ -98,7 +107,7 @@ def test_port_never_opening_times_out_naming_the_last_answer(host):
     assert rc != 0
     assert re.search(r'was not ready on /v1/model\S* after 25(\.0)? s and \d+ attempts; last: connection refused', output), \
         output[-3000:]
-    assert took < 25 + 300
+    assert took < 25 + 300 and 25 <= gate_elapsed(output) < 40
 
 
 def test_crash_while_loading_fails_once_the_unit_gives_up(host):
@@ -109,7 +118,7 @@ def test_crash_while_loading_fails_once_the_unit_gives_up(host):
                                                          'RuntimeMaxSec': '3', 'RestartSec': '1'})
     assert rc != 0
     assert re.search(r'unit tabbyapi\.service is failed', output), output[-3000:]
-    assert took < BIG / 3
+    assert took < BIG / 3 and gate_elapsed(output) < 120
 
 
 def test_restore_tabbyapi(host):

@@ -44,8 +44,7 @@ def test_check_mode_diff_run_prints_no_key(converged):
 def test_failing_run_wrong_gate_key_prints_no_key(converged):
     wrong = new_key('wrong')
     converged.extra_secrets.append(wrong)
-    rc, output, _ign = converged.play('wrong-key', '-vvv', '--diff', '--tags', 'tabbyapi',
-                                   overrides={'tabbyapi_gate_api_key': wrong})
+    rc, output, _ign = converged.play('wrong-key', '-vvv', '--diff', '--tags', 'tabbyapi', overrides={'tabbyapi_gate_api_key': wrong})
     assert rc != 0
     assert 'rejected the API key sent as x-api-key' in output, output[-4000:]
     assert hits(output, converged.secrets()) == []
