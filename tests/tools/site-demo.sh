@@ -87,7 +87,7 @@ python3 - "$answer" <<'PY'
 import json, sys
 reply = json.loads(sys.argv[1])
 print("model:   %s" % reply.get("model"))
-print("answer:  %r" % reply["choices"][0]["message"]["content"])
+print("answer:  %r  (noise: the tiny model has random weights)" % reply["choices"][0]["message"]["content"])
 print("usage:   %s" % json.dumps(reply.get("usage", {})))
 PY
 cat <<EOF
