@@ -205,7 +205,8 @@ def run_playbook(workdir, extra, password=None, logs=None):
     proc = subprocess.run(
         [ANSIBLE_PLAYBOOK, '-vvv', '-i', str(workdir / 'inventory' / 'hosts.yml'),
          str(workdir / 'store.yml'), '-e', '@' + str(extra_file)],
-        cwd=str(workdir), env=env_for(workdir, password), capture_output=True, text=True, timeout=600)
+        cwd=str(workdir), env=env_for(workdir, password), capture_output=True, text=True, timeout=600,
+        check=False)
     output = proc.stdout + proc.stderr
     if logs is not None:
         logs.append(output)
@@ -276,7 +277,7 @@ def test_hashi_rotation_writes_new_versions_and_keeps_the_old(kv, workdir):
     assert rc == 0, out[-3000:]
     for scope in SCOPES:
         final, version = kv_read(kv, scope)
-        pending, _ = kv_read(kv, scope, version=2)
+        pending, dummy = kv_read(kv, scope, version=2)
         assert version == 3                                          # resumed: no third key made
         assert final['rotation_pending'] is False
         for field in kv['first'][scope]:
@@ -289,13 +290,13 @@ def test_hashi_rotation_writes_new_versions_and_keeps_the_old(kv, workdir):
 
 def test_hashi_interrupted_rotation_is_finished_by_the_next_run(kv, workdir):
     logs = []
-    rc, out, _ = run_playbook(workdir, hashi_extra(kv, rotate_fail_after_store=True), logs=logs)
+    rc, out, dummy = run_playbook(workdir, hashi_extra(kv, rotate_fail_after_store=True), logs=logs)
     assert rc != 0
     assert 'Stopped after storing the new keys' in out
     stored = {scope: kv_read(kv, scope) for scope in SCOPES}
     assert all(data['rotation_pending'] and version == 2 for data, version in stored.values())
 
-    rc, out, _ = run_playbook(workdir, hashi_extra(kv), logs=logs)
+    rc, out, dummy = run_playbook(workdir, hashi_extra(kv), logs=logs)
     assert rc == 0, out[-3000:]
     for scope in SCOPES:
         final, version = kv_read(kv, scope)
@@ -307,7 +308,7 @@ def test_hashi_interrupted_rotation_is_finished_by_the_next_run(kv, workdir):
 
 
 def test_hashi_rotation_scope_limits_what_changes(kv, workdir):
-    rc, out, _ = run_playbook(workdir, hashi_extra(kv, rotate_scope=['router']))
+    rc, out, dummy = run_playbook(workdir, hashi_extra(kv, rotate_scope=['router']))
     assert rc == 0, out[-3000:]
     assert kv_read(kv, 'router')[1] == 3
     for scope in ('tabbyapi', 'llamacpp', 'sglang'):
@@ -315,7 +316,7 @@ def test_hashi_rotation_scope_limits_what_changes(kv, workdir):
 
 
 def test_hashi_unknown_scope_is_refused(kv, workdir):
-    rc, out, _ = run_playbook(workdir, hashi_extra(kv, rotate_scope=['vllm']))
+    rc, out, dummy = run_playbook(workdir, hashi_extra(kv, rotate_scope=['vllm']))
     assert rc != 0
     assert 'rotate_scope must be all or a list of scopes' in out
     assert all(kv_read(kv, scope)[1] == 1 for scope in SCOPES)
@@ -324,7 +325,7 @@ def test_hashi_unknown_scope_is_refused(kv, workdir):
 def test_hashi_missing_secret_is_named(kv, workdir):
     kv['client'].secrets.kv.v2.delete_metadata_and_all_versions(path='%s/sglang' % kv['path'])
     logs = []
-    rc, out, _ = run_playbook(workdir, hashi_extra(kv, rotate=False), logs=logs)
+    rc, out, dummy = run_playbook(workdir, hashi_extra(kv, rotate=False), logs=logs)
     assert rc != 0
     assert 'Could not read secret/%s/sglang' % kv['path'] in out
     assert_no_key_in(logs, all_kv_values(kv) | {kv['token']})
@@ -333,7 +334,7 @@ def test_hashi_missing_secret_is_named(kv, workdir):
 def test_hashi_secret_lacking_a_field_is_named(kv, workdir):
     kv['client'].secrets.kv.v2.create_or_update_secret(
         path='%s/tabbyapi' % kv['path'], secret={'api_key': new_key()})
-    rc, out, _ = run_playbook(workdir, hashi_extra(kv, rotate=False))
+    rc, out, dummy = run_playbook(workdir, hashi_extra(kv, rotate=False))
     assert rc != 0
     assert 'the key secret of scope tabbyapi lacks admin_key' in out
 
@@ -351,7 +352,7 @@ def write_vault_file(workdir, data, password=None):
 
 def vault_view(workdir, path, password=None):
     proc = subprocess.run([ANSIBLE_VAULT, 'view', str(path)], capture_output=True, text=True,
-                          env=env_for(workdir, password))
+                          env=env_for(workdir, password), check=False)
     return proc.returncode, (yaml.safe_load(proc.stdout) if proc.returncode == 0 else None), proc.stderr
 
 
@@ -417,12 +418,12 @@ def test_ansible_vault_rotation_reencrypts_in_place_with_encrypted_backups(workd
 def test_ansible_vault_interrupted_rotation_is_finished_by_the_next_run(workdir):
     target = write_vault_file(workdir, first_vault_vars())
     logs = []
-    rc, out, _ = run_playbook(workdir, {'rotate_fail_after_store': True}, logs=logs)
+    rc, out, dummy = run_playbook(workdir, {'rotate_fail_after_store': True}, logs=logs)
     assert rc != 0
     assert 'Stopped after storing the new keys' in out
     stored = vault_view(workdir, target)[1]
     assert sorted(stored['vault_gpufleet_rotation_pending']) == sorted(SCOPES)
-    rc, out, _ = run_playbook(workdir, {}, logs=logs)
+    rc, out, dummy = run_playbook(workdir, {}, logs=logs)
     assert rc == 0, out[-3000:]
     final = vault_view(workdir, target)[1]
     assert final['vault_gpufleet_rotation_pending'] == []
@@ -436,7 +437,7 @@ def test_ansible_vault_missing_key_variable_is_named(workdir):
     del data['vault_sglang_api_key']
     target = write_vault_file(workdir, data)
     logs = []
-    rc, out, _ = run_playbook(workdir, {'rotate': False}, logs=logs)
+    rc, out, dummy = run_playbook(workdir, {'rotate': False}, logs=logs)
     assert rc != 0
     assert 'vault_sglang_api_key' in out
     assert_no_key_in(logs, all_vault_values(workdir, target))
@@ -446,7 +447,7 @@ def test_ansible_vault_plaintext_key_file_is_refused(workdir):
     target = write_vault_file(workdir, first_vault_vars())
     plain = vault_view(workdir, target)[1]
     target.write_text(yaml.safe_dump(plain))
-    rc, out, _ = run_playbook(workdir, {})
+    rc, out, dummy = run_playbook(workdir, {})
     assert rc != 0
     assert 'must exist and be encrypted with ansible-vault' in out
     assert yaml.safe_load(target.read_text()) == plain               # left as it was
@@ -465,7 +466,7 @@ def test_ansible_vault_rekey(workdir):
     before = target.read_text()
     proc = subprocess.run([ANSIBLE_VAULT, 'rekey', '--vault-password-file', str(old_password),
                            '--new-vault-password-file', str(new_password), str(target)],
-                          capture_output=True, text=True, env=env_for(workdir))
+                          capture_output=True, text=True, env=env_for(workdir), check=False)
     assert proc.returncode == 0, proc.stderr
     assert target.read_text() != before
     assert target.read_text().startswith('$ANSIBLE_VAULT;')
@@ -476,10 +477,10 @@ def test_ansible_vault_rekey(workdir):
     rc, out, report = run_playbook(workdir, {'rotate': False}, password=new_password)
     assert rc == 0, out[-3000:]
     assert report['lengths'] == [40, 40, 40, 40, 2]
-    rc, out, _ = run_playbook(workdir, {'rotate': False}, password=old_password)
+    rc, out, dummy = run_playbook(workdir, {'rotate': False}, password=old_password)
     assert rc != 0
     # A rotation after the rekey re-encrypts with the new password.
-    rc, out, _ = run_playbook(workdir, {}, password=new_password)
+    rc, out, dummy = run_playbook(workdir, {}, password=new_password)
     assert rc == 0, out[-3000:]
     assert vault_view(workdir, target, password=new_password)[0] == 0
     assert vault_view(workdir, target, password=old_password)[0] != 0
