@@ -4,7 +4,7 @@
     python tests/tools/make-tiny-gguf.py [OUTPUT] [--seed N]
 
 The model is a real llama graph (2 blocks, 64-wide, 4 heads, SentencePiece-style vocabulary of
-about 330 pieces with byte fallback), so a real llama-server loads it and answers completions in
+360 pieces with byte fallback), so a real llama-server loads it and answers completions in
 well under a second on one CPU core. Its text is noise: it exists to prove that the server, the
 unit, the port and the API key work, not to say anything sensible. About 0.5 MB, f32 weights.
 
