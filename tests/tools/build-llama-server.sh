@@ -43,6 +43,14 @@ for tool in cmake make gcc g++ tar; do
 done
 
 mkdir -p "${cache_root}"
+# One build at a time: a second caller waits, then finds the binary the first one built.
+exec 9>"${cache_root}/.build.lock"
+flock 9
+if [[ -x "${dest}" ]]; then
+  log "cached (built by a concurrent run): ${dest}"
+  printf '%s\n' "${dest}"
+  exit 0
+fi
 work="$(mktemp -d "${cache_root}/.build-${version}.XXXXXX")"
 trap 'rm -rf "${work}"' EXIT
 start=$(date +%s)
