@@ -11,6 +11,7 @@ No key value is printed: keys reach the playbooks through 0600 extra-vars files,
 count matches instead of showing them.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -60,8 +61,7 @@ def playbook(name, *args, log=None):
 def rotate(log, **extra):
     args = ['playbooks/rotate_keys.yml']
     for k, v in extra.items():
-        args += ['-e', '%s=%s' % (k, v) if isinstance(v, str) else '{"%s": %s}' % (k, yaml.safe_dump(
-            v, default_flow_style=True).strip())]
+        args += ['-e', json.dumps({k: v})]
     return playbook(*args, log=log)
 
 
