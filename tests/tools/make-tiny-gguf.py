@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Write a tiny llama-architecture GGUF model with random weights, for tests.
 
     python tests/tools/make-tiny-gguf.py [OUTPUT] [--seed N]

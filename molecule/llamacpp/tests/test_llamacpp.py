@@ -171,7 +171,7 @@ def test_key_is_checked_and_real_completions_answer(host):
 
 
 def test_check_diff_changes_nothing_and_shows_no_key():
-    rc, output, _ = playbook("--check", "--diff", "-v",
+    rc, output, _took = playbook("--check", "--diff", "-v",
                              os.path.join(os.environ["MOLECULE_SCENARIO_DIRECTORY"], "converge.yml"))
     assert rc == 0, output
     assert recap(output) == (0, 0, 0), output
@@ -209,11 +209,11 @@ def test_a_settings_change_restarts_only_that_instance(host):
              "extra_args": ["--parallel", "1", "--n-predict", "16"], "env": {"LLAMA_ARG_ALIAS": "tiny-coder"}},
         ]}, f)
     try:
-        rc, output, _ = playbook("-e", "@" + override, os.path.join(scenario, "converge.yml"))
+        rc, output, _took = playbook("-e", "@" + override, os.path.join(scenario, "converge.yml"))
         assert rc == 0, output
         after = {n: show(host, "llamacpp@%s.service" % n)["MainPID"] for n in PORTS}
         assert after["code"] != before["code"] and after["chat"] == before["chat"], (before, after)
         assert "--ctx-size 384" in host.check_output("ps -o args= -p %s" % after["code"])
     finally:
-        rc, output, _ = playbook(os.path.join(scenario, "converge.yml"))
+        rc, output, _took = playbook(os.path.join(scenario, "converge.yml"))
         assert rc == 0, output

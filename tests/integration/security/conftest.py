@@ -3,8 +3,8 @@
 """One real systemd test host (podman, localhost/gpufleet-host:bookworm) for the security suite.
 
 It runs all four roles through playbooks/site.yml (gpufleet.llm.site): TabbyAPI (the test double,
-archive install), a llama.cpp instance (the cached real llama-server when tests/tools/
-build-llama-server.sh has built it, else tests/integration/security/llama_server_double.py), an SGLang
+archive install), a llama.cpp instance (the real llama-server, built once and cached by tests/tools/
+build-llama-server.sh), an SGLang
 instance (the test double) and the router in front of them. Every key is a fresh random value of
 this session. Every ansible-playbook run of the suite goes through ``SecurityHost.play``, which keeps
 its whole output so that test_secret_hygiene.py can grep all of it at the end.
@@ -31,7 +31,6 @@ ROOT = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent
 IMAGE = 'localhost/gpufleet-host:bookworm'
 CA = '/usr/local/share/gpufleet-controller-ca.crt'
-LLAMA_CACHE = Path(os.environ.get('LLAMA_SERVER_CACHE', Path.home() / '.cache/gpufleet/llama-server'))
 
 
 def new_key(label):
@@ -50,7 +49,6 @@ class SecurityHost:
             'llm_router_client_api_keys': [new_key('client')],
         }
         self.extra_secrets = []      # wrong keys and rotated keys used by the tests (also never printed)
-        self.llama_server_real = False
         self.group_vars = {}
 
     # -- every secret value of the session ---------------------------------------------------------
@@ -134,15 +132,13 @@ def _artifacts(workdir):
                    % (doubles, art), shell=True, check=True, executable='/bin/bash')
     subprocess.run("set -o pipefail; tar -C %s --exclude=__pycache__ --transform 's,^sglang,sglang-0.0.0,' -c sglang"
                    " | gzip -n > %s/sglang-0.0.0.tar.gz" % (doubles, art), shell=True, check=True, executable='/bin/bash')
-    real = sorted(LLAMA_CACHE.glob('[0-9]*/llama-server'))
-    if real:
-        shutil.copy(real[-1], art / 'llama-server')
-    else:
-        shutil.copy(Path(__file__).parent / 'llama_server_double.py', art / 'llama-server')
+    # The real llama-server, built once and cached by tests/tools/build-llama-server.sh (make llama-server).
+    built = subprocess.run([str(ROOT / 'tests/tools/build-llama-server.sh')], check=True, capture_output=True, text=True)
+    shutil.copy(built.stdout.strip().splitlines()[-1], art / 'llama-server')
     (art / 'llama-server').chmod(0o755)
     subprocess.run([sys.executable, str(ROOT / 'tests/tools/make-tiny-gguf.py'), str(art / 'tiny.gguf')], check=True,
                    capture_output=True)
-    return art, bool(real)
+    return art
 
 
 @pytest.fixture(scope='session')
@@ -162,7 +158,7 @@ def sechost(tmp_path_factory):
         while host.sh('systemctl is-system-running', check=False).stdout.strip() not in ('running', 'degraded'):
             assert time.monotonic() < deadline, 'systemd did not come up in the test host'
             time.sleep(1)
-        art, host.llama_server_real = _artifacts(workdir)
+        art = _artifacts(workdir)
         host.sh('mkdir -p /srv/models/exl2/double-model-exl2 /srv/models/exl2/second-model-exl2')
         host.group_vars = {
             'gpufleet_serial': 2,
