@@ -73,7 +73,9 @@ def test_files_owners_modes_and_no_key_in_unit(host):
     unit = host.check_output("cat /etc/systemd/system/sglang@.service /etc/sglang/chat.env /etc/sglang/code.env")
     assert KEY not in unit
     assert KEY not in host.check_output("journalctl --no-pager -o cat")
-    assert "--api-key ${SGLANG_API_KEY}" in unit and "EnvironmentFile=/etc/sglang/%i.key" in unit
+    assert "--api-key" not in unit and "EnvironmentFile=/etc/sglang/%i.key" in unit
+    assert "/opt/sglang-venv/bin/python /usr/local/lib/gpufleet/sglang-launch.py --model-path" in unit
+    assert host.check_output("stat -c '%U:%G %a' /usr/local/lib/gpufleet/sglang-launch.py") == "root:root 755"
     assert host.check_output("cat /etc/sglang/chat.key").strip().endswith('SGLANG_API_KEY="%s"' % KEY)
 
 
@@ -99,3 +101,42 @@ def test_check_diff_changes_nothing_and_shows_no_key():
     recap = re.search(r"gpufleet-sglang\s*:.*changed=(\d+).*failed=(\d+)", output)
     assert recap and recap.groups() == ("0", "0"), output
     assert KEY not in output
+
+
+def _main_pids(host):
+    return [show(host, unit)["MainPID"] for unit in ("sglang@chat.service", "sglang@code.service")]
+
+
+def test_no_key_on_any_command_line(host):
+    """Command lines are world-readable: /proc/PID/cmdline, ps."""
+    pids = _main_pids(host)
+    assert all(int(pid) > 0 for pid in pids)
+    cmdlines = host.check_output("for p in /proc/[0-9]*; do printf '%s ' ${p#/proc/}; tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done")
+    assert all(re.search(r"^%s .*sglang-launch\.py --model-path" % pid, cmdlines, re.M) for pid in pids), cmdlines
+    assert [line.split(" ", 1)[0] for line in cmdlines.splitlines() if KEY in line] == [], "key on a command line"
+    assert KEY not in host.check_output("ps -eo args=")
+    assert "--api-key" not in cmdlines
+
+
+def test_no_key_in_systemctl_status():
+    """systemctl status shows the processes of the unit with their command lines, to every user."""
+    for user in ("root", "nobody"):
+        run = subprocess.run(["podman", "exec", "gpufleet-sglang", "runuser", "-u", user, "--", "systemctl", "status",
+                              "--no-pager", "--full", "--lines=0", "sglang@chat.service", "sglang@code.service"],
+                             capture_output=True, text=True, timeout=60, check=False)
+        text = run.stdout + run.stderr
+        assert "sglang-launch.py --model-path" in text, text
+        assert KEY not in text, "systemctl status shows the key to %s" % user
+
+
+def test_no_key_in_the_journal_fields(host):
+    """-o verbose includes journald's trusted fields, e.g. _CMDLINE of every process that logged."""
+    journal = host.check_output("journalctl --no-pager -o verbose")
+    assert "_CMDLINE=/opt/sglang-venv/bin/python /usr/local/lib/gpufleet/sglang-launch.py" in journal
+    assert KEY not in journal
+
+
+def test_environment_of_the_service_is_private(host):
+    """The key reaches SGLang through the environment: readable by root and sglang, not by others."""
+    for pid in _main_pids(host):
+        assert host.run("runuser -u nobody -- cat /proc/%s/environ" % pid).rc != 0
