@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / 'inventories' / 'example'
 PASSWORD = EXAMPLE / 'DEMO-vault-password.txt'
+# The venv's ansible-playbook, also when the venv is not on PATH.
+ANSIBLE_PLAYBOOK = shutil.which('ansible-playbook', path=str(Path(sys.executable).parent)) or 'ansible-playbook'
 
 DERIVED = """
 - name: Show what site.yml derives
@@ -37,7 +40,7 @@ def env():
 def playbook(*args, extra_env=None):
     e = env()
     e.update(extra_env or {})
-    run = subprocess.run(['ansible-playbook', *args], cwd=REPO, env=e, capture_output=True, text=True,
+    run = subprocess.run([ANSIBLE_PLAYBOOK, *args], cwd=REPO, env=e, capture_output=True, text=True,
                          timeout=300, check=False)
     return run.returncode, run.stdout + run.stderr
 
