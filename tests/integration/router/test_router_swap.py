@@ -26,15 +26,18 @@ def timed_post(r, model, stream=False):
 
 def test_concurrent_requests_for_a_new_model_trigger_one_swap_after_drain(procs):
     double, router = procs
-    tabby = double('tabbyapi', admin_key=TABBY_ADMIN_KEY, models='a,b', delay=0.6, load_delay=0.3)
+    tabby = double('tabbyapi', admin_key=TABBY_ADMIN_KEY, models='a,b', delay=1.5, load_delay=0.3)
     sg = double('openai', api_keys=[SGLANG_KEY], models='s1')
     r = router(two_backends(tabby, sg))
     assert post(r, 'a').status_code == 200                      # loads a
     assert post(r, 's1').status_code == 200                     # s1's backend checked once
     assert tabby.stats()['loads'] == ['a']
     with ThreadPoolExecutor(12) as pool:
-        old = [pool.submit(post, r, 'a') for dummy in range(3)]     # in flight on a for ~0.6 s
-        time.sleep(0.2)
+        old = [pool.submit(post, r, 'a') for dummy in range(3)]     # in flight on a for ~1.5 s
+        deadline = time.monotonic() + 10
+        while tabby.stats()['inflight'] < 3:                    # all three reached the backend (load-proof)
+            assert time.monotonic() < deadline, 'the three requests for a never were in flight together'
+            time.sleep(0.02)
         new = [pool.submit(timed_post, r, 'b', stream=bool(i % 2)) for i in range(5)]
         time.sleep(0.1)
         # A model on another backend is served while the swap on tabby drains/loads.
