@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright (c) 2026, gpufleet.llm contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Wall time of playbooks/site.yml: a fresh converge and an idempotent re-run, on 1 and on 4 hosts.
@@ -195,8 +194,8 @@ def main(argv=None):
             try:
                 ssh = enable_ssh(names, work) if args.connection == 'ssh' else None
                 write_inventory(inventory, names, args.groups, art, ssh)
-                fresh, fresh_recap, _ = converge(inventory)
-                again, again_recap, _ = converge(inventory)
+                fresh, fresh_recap, _fresh_log = converge(inventory)
+                again, again_recap, _again_log = converge(inventory)
             finally:
                 if not args.keep:
                     remove_hosts(names)
@@ -215,8 +214,8 @@ def main(argv=None):
     print('| hosts | fresh converge | idempotent re-run | re-run changed | ok tasks per host |')
     print('|---|---|---|---|---|')
     for r in results:
-        print('| %d | %.1f s | %.1f s | %d | %d |' % (r['hosts'], r['fresh_s'], r['rerun_s'],
-                                                    r['rerun_changed'], r['tasks_per_host']))
+        print('| %d | %.1f s | %.1f s | %d | %d |'
+              % (r['hosts'], r['fresh_s'], r['rerun_s'], r['rerun_changed'], r['tasks_per_host']))
     by_size = {r['hosts']: r for r in results}
     if 1 in by_size and 4 in by_size:
         for kind in ('fresh_s', 'rerun_s'):

@@ -38,7 +38,7 @@ except urllib.error.HTTPError as err:
 
 def chat(host, url, key, model):
     out = host.check_output("python3 -c %s %s %s %s", CHAT, url, key, model)
-    status, _, body = out.partition("\n")
+    status, _sep, body = out.partition("\n")
     return int(status), json.loads(body) if body.strip().startswith("{") else body
 
 
@@ -106,7 +106,7 @@ def test_router_of_the_tabbyapi_host_answers_for_its_model(hosts):
 
 def test_routers_refuse_a_wrong_client_key(hosts):
     for name in ("gpufleet-fleet-1", "gpufleet-fleet-2"):
-        status, _ = chat(hosts[name], ROUTER, KEYS["wrong"], "tiny")
+        status, _answer = chat(hosts[name], ROUTER, KEYS["wrong"], "tiny")
         assert status == 401, name
 
 

@@ -172,7 +172,7 @@ def test_key_is_checked_and_real_completions_answer(host):
 
 def test_check_diff_changes_nothing_and_shows_no_key():
     rc, output, _took = playbook("--check", "--diff", "-v",
-                             os.path.join(os.environ["MOLECULE_SCENARIO_DIRECTORY"], "converge.yml"))
+                                 os.path.join(os.environ["MOLECULE_SCENARIO_DIRECTORY"], "converge.yml"))
     assert rc == 0, output
     assert recap(output) == (0, 0, 0), output
     assert KEY not in output and OLD_KEY not in output
