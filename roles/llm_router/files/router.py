@@ -18,6 +18,10 @@ Read it top to bottom: config -> auth -> metrics -> upstream HTTP client -> back
 * Clients are served by aiohttp.web; backends are reached through the small keep-alive HTTP/1.1
   client below (one connection pool per backend, for the whole process): see docs/router.md for
   the measurements behind that choice.
+* Planned maintenance (docs/router.md, "Admin socket"): on a unix socket only (``admin_socket``),
+  a backend can be DRAINED (new requests for its models get 503 with Retry-After, in-flight ones
+  finish) and RESUMED; ``--reload``, POST /admin/reload or SIGHUP re-read the keys from
+  ``key_file`` without dropping a connection.
 """
 
 import argparse
@@ -28,6 +32,8 @@ import logging
 import math
 import os
 import re
+import signal
+import socket
 import ssl
 import sys
 import time
@@ -67,6 +73,8 @@ class Backend:
     read_timeout: float = 600.0    # longest silence between two bytes of an answer
     # Run-time state, owned by the Switchboard.
     state: str = 'unknown'         # unknown | starting | ready | stopped | failed
+    drained: bool = False          # admin drain: new requests get 503 + Retry-After, no swap touches it
+    resume_pending: bool = False   # a resume found the router's key refused: resumed by the next key reload
     loaded: str | None = None      # model id the backend reported (TabbyAPI: what we loaded)
     last_error: str = ''
     inflight: int = 0
@@ -94,6 +102,9 @@ class Config:
     shutdown_timeout: float = 30.0
     systemctl: list = field(default_factory=lambda: ['/usr/bin/systemctl'])
     log_level: str = 'INFO'
+    admin_socket: str | None = None    # unix socket of the admin endpoints (drain, resume, reload)
+    key_file: str | None = None        # NAME="value" lines read at start and at every reload
+    retry_after: int = 5               # Retry-After (seconds) of the 503 for a drained backend
 
 
 def _get(mapping, key, where, kind, default=None, required=False):
@@ -131,7 +142,8 @@ def parse_config(data, environ):
     if not isinstance(data, dict):
         raise ConfigError('config: expected a mapping at the top level')
     _no_unknown(data, ('listen', 'backends', 'models', 'swap_policy', 'readiness_timeout',
-                       'drain_timeout', 'shutdown_timeout', 'systemctl', 'log_level'), '')
+                       'drain_timeout', 'shutdown_timeout', 'systemctl', 'log_level',
+                       'admin_socket', 'key_file', 'retry_after'), '')
     listen = _get(data, 'listen', '', dict, {})
     _no_unknown(listen, ('host', 'port'), 'listen')
     host = _get(listen, 'host', 'listen', str, '127.0.0.1')
@@ -197,6 +209,14 @@ def parse_config(data, environ):
     keys = [k.strip() for k in environ.get(CLIENT_KEYS_ENV, '').split(',') if k.strip()]
     if not keys:
         raise ConfigError('%s: environment variable is not set or holds no key' % CLIENT_KEYS_ENV)
+    paths = {}
+    for name in ('admin_socket', 'key_file'):
+        paths[name] = _get(data, name, '', str)
+        if paths[name] is not None and not paths[name].startswith('/'):
+            raise ConfigError('%s: expected an absolute path, got %r' % (name, paths[name]))
+    retry_after = _get(data, 'retry_after', '', int, 5)
+    if not 0 < retry_after <= 3600:
+        raise ConfigError('retry_after: must be 1-3600 seconds, got %d' % retry_after)
 
     return Config(
         host=host, port=port, backends=backends, models=models, client_keys=keys,
@@ -204,10 +224,38 @@ def parse_config(data, environ):
         readiness_timeout=_get(data, 'readiness_timeout', '', float, 300.0),
         drain_timeout=_get(data, 'drain_timeout', '', float, 300.0),
         shutdown_timeout=_get(data, 'shutdown_timeout', '', float, 30.0),
-        systemctl=systemctl, log_level=level)
+        systemctl=systemctl, log_level=level, admin_socket=paths['admin_socket'],
+        key_file=paths['key_file'], retry_after=retry_after)
+
+
+def read_key_file(path):
+    """The NAME="value" lines of a key file (systemd EnvironmentFile syntax as the role writes it:
+    backslash escapes inside double quotes). Errors name the file and line, never a value."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise ConfigError('key_file: cannot read %s: %s' % (path, e.strerror)) from None
+    except UnicodeDecodeError:
+        raise ConfigError('key_file: %s is not UTF-8' % path) from None
+    values = {}
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith(('#', ';')):
+            continue
+        name, sep, value = line.partition('=')
+        name = name.strip()
+        if not sep or not _ENV_RE.match(name):
+            raise ConfigError('key_file: %s line %d is not NAME=value' % (path, number))
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = re.sub(r'\\(.)', r'\1', value[1:-1])
+        values[name] = value
+    return values
 
 
 def load_config(path, environ=None):
+    """Config from the YAML file; keys from the environment, overridden by key_file when set."""
     try:
         with open(path, encoding='utf-8') as f:
             data = yaml.safe_load(f)
@@ -215,7 +263,11 @@ def load_config(path, environ=None):
         raise ConfigError('cannot read config %s: %s' % (path, e.strerror)) from None
     except yaml.YAMLError as e:
         raise ConfigError('config %s is not valid YAML: %s' % (path, e)) from None
-    return parse_config(data, os.environ if environ is None else environ)
+    environ = dict(os.environ if environ is None else environ)
+    key_file = data.get('key_file') if isinstance(data, dict) else None
+    if isinstance(key_file, str) and key_file.startswith('/'):
+        environ.update(read_key_file(key_file))
+    return parse_config(data, environ)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,9 +291,10 @@ def key_accepted(key, keys):
     return bool(key) and ok
 
 
-def openai_error(status, message, type_, code=None, param=None):
+def openai_error(status, message, type_, code=None, param=None, retry_after=None):
     body = {'error': {'message': message, 'type': type_, 'param': param, 'code': code}}
-    return web.json_response(body, status=status)
+    headers = {'Retry-After': str(retry_after)} if retry_after else None
+    return web.json_response(body, status=status, headers=headers)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -493,11 +546,11 @@ def _parse_head(raw):
 # ---------------------------------------------------------------------------------------------
 
 class SwapError(Exception):
-    """Why a backend could not be made ready; status is what the client gets (502 or 504)."""
+    """Why a backend could not be made ready; status is what the client gets (502, 503 or 504)."""
 
-    def __init__(self, status, message, code):
+    def __init__(self, status, message, code, retry_after=None):
         super().__init__(message)
-        self.status, self.message, self.code = status, message, code
+        self.status, self.message, self.code, self.retry_after = status, message, code, retry_after
 
 
 @dataclass
@@ -524,10 +577,16 @@ class Switchboard:
         b = model.backend
         return b.state == 'ready' and (b.kind != 'tabbyapi' or b.loaded == model.backend_model)
 
+    def drained_error(self, b):
+        return SwapError(503, 'backend %s is drained for a planned restart; retry in a few seconds' % b.name,
+                         'backend_draining', retry_after=self.cfg.retry_after)
+
     async def acquire(self, model):
         """Return once model's backend is ready and this request is counted in flight."""
         while True:
             b = model.backend
+            if b.drained:
+                raise self.drained_error(b)
             if self._ready_for(model) and (self.swap is None or b.name not in self.swap.closed):
                 b.inflight += 1
                 b.idle.clear()
@@ -578,15 +637,22 @@ class Switchboard:
         log.info('swap to model %s on backend %s: draining %s, stopping %s', model.name, target.name,
                  ', '.join(sorted(closed)) or 'nothing', ', '.join(b.unit for b in stop) or 'nothing')
         try:
+            self._refuse_drained([target] + stop)
             await self._drain([self.cfg.backends[n] for n in closed])
             for b in stop:
+                self._refuse_drained([target, b])   # drained meanwhile: its restart is someone else's
                 await self._systemctl('stop', b)
                 b.state, b.loaded = 'stopped', None
             if target.unit and target.state != 'ready':
+                self._refuse_drained([target])
                 target.state = 'starting'
                 await self._systemctl('start', target)
             await self._wait_ready(model, started + self.cfg.readiness_timeout)
         except SwapError as e:
+            if e.code == 'backend_draining':     # not the backend's fault: its state stays as it is
+                self.metrics.swap(target.name, 'drained', time.monotonic() - started)
+                log.info('swap to model %s not done: %s', model.name, e.message)
+                raise
             target.state, target.last_error = 'failed', e.message
             self.metrics.swap(target.name, 'error', time.monotonic() - started)
             log.error('swap to model %s failed: %s', model.name, e.message)
@@ -595,6 +661,62 @@ class Switchboard:
         self.metrics.swap(target.name, 'ok', time.monotonic() - started)
         log.info('model %s ready on backend %s after %.2f s', model.name, target.name,
                  time.monotonic() - started)
+
+    def _refuse_drained(self, backends):
+        """A swap neither starts nor stops a drained backend (its unit is being restarted by its owner)."""
+        for b in backends:
+            if b.drained:
+                raise self.drained_error(b)
+
+    # -- planned maintenance (admin socket) ---------------------------------------------------
+
+    async def drain(self, backends, timeout):
+        """Close backends to new requests; wait (bounded) for their in-flight ones and for a swap
+        that touches them. Returns the number of requests still in flight."""
+        for b in backends:
+            b.drained, b.resume_pending = True, False
+        log.info('drained %s (planned maintenance)', ', '.join(b.name for b in backends))
+        deadline = time.monotonic() + timeout
+        swap = self.swap
+        if swap is not None and (swap.model.backend in backends or any(b.name in swap.closed for b in backends)):
+            await asyncio.wait([swap.task], timeout=max(0.0, deadline - time.monotonic()))
+        for b in backends:
+            try:
+                await asyncio.wait_for(b.idle.wait(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                pass
+        return sum(b.inflight for b in backends)
+
+    async def key_refused(self, b):
+        """One probe of b's key-checking endpoint with the router's key: True when it answers 401/403."""
+        endpoint, header = probe.probe_plan(b.kind)
+        try:
+            status, body = await self._probe_get(b, endpoint, probe.auth_headers(header, b.key), time.monotonic() + 5)
+        except UpstreamError:
+            return False                 # not up (yet): the next request's readiness wait decides
+        return probe.classify(status, body, None)[0] == probe.REJECTED
+
+    async def resume(self, backends):
+        """Reopen drained backends whose key the router holds is accepted; the others stay drained
+        until the next key reload. Readiness is checked again before the next request."""
+        resumed, refused = [], []
+        for b in backends:
+            if not b.drained:
+                continue
+            if await self.key_refused(b):
+                b.resume_pending = True
+                b.last_error = 'drained: the backend refuses the router\'s key from %s; reload the router' % b.key_env
+                refused.append(b.name)
+                continue
+            b.drained = b.resume_pending = False
+            b.last_error = ''
+            if b.state != 'stopped':
+                b.state = 'unknown'      # restarted meanwhile: re-check (and reload TabbyAPI's model)
+            resumed.append(b.name)
+        if resumed or refused:
+            log.info('resumed %s; still drained (key refused) %s', ', '.join(resumed) or 'nothing',
+                     ', '.join(refused) or 'nothing')
+        return resumed, refused
 
     async def _drain(self, backends):
         deadline = time.monotonic() + self.cfg.drain_timeout
@@ -751,7 +873,7 @@ async def proxy(request):
             await board.acquire(model)
         except SwapError as e:
             status = e.status
-            return openai_error(e.status, e.message, 'api_error', code=e.code)
+            return openai_error(e.status, e.message, 'api_error', code=e.code, retry_after=e.retry_after)
         try:
             status, response = await relay(request, model, body)
             return response
@@ -829,7 +951,8 @@ async def health(request):
         'swapping_to': board.swap.model.name if board.swap else None,
         'active_backends': [b.name for b in active],
         'backends': {b.name: {'kind': b.kind, 'unit': b.unit, 'state': b.state, 'loaded': b.loaded,
-                              'in_flight': b.inflight, 'last_error': b.last_error or None}
+                              'in_flight': b.inflight, 'drained': b.drained,
+                              'resume_pending': b.resume_pending, 'last_error': b.last_error or None}
                      for b in cfg.backends.values()},
     })
 
@@ -849,6 +972,119 @@ async def expect_continue(request):
     request.writer.output_size = 0
 
 
+# ---------------------------------------------------------------------------------------------
+# Admin endpoints: only on the unix socket ``admin_socket`` (its file mode is the auth)
+# ---------------------------------------------------------------------------------------------
+
+def _on_admin_socket(request):
+    """True for a request that came in over the unix socket (its sockname is a path, not (host, port))."""
+    return request.transport is not None and isinstance(request.transport.get_extra_info('sockname'), str)
+
+
+def _admin_targets(request):
+    """The backends an admin request names: /admin/backends/<name>/... or /admin/units/<unit>/..."""
+    cfg, name = request.app['cfg'], request.match_info['name']
+    if request.match_info['by'] == 'backends':
+        return [cfg.backends[name]] if name in cfg.backends else []
+    return [b for b in cfg.backends.values() if b.unit == name]
+
+
+async def admin_action(request):
+    if not _on_admin_socket(request):
+        raise web.HTTPNotFound()
+    board, cfg, action = request.app['board'], request.app['cfg'], request.match_info['action']
+    targets = _admin_targets(request)
+    if not targets:
+        return web.json_response({'error': 'no backend with %s %r' % (
+            'name' if request.match_info['by'] == 'backends' else 'unit', request.match_info['name'][:200])},
+            status=404)
+    names = [b.name for b in targets]
+    if action == 'drain':
+        try:
+            timeout = float(request.query.get('timeout', cfg.drain_timeout))
+        except ValueError:
+            timeout = -1.0
+        if not 0 <= timeout <= 86400:
+            return web.json_response({'error': 'timeout: expected seconds between 0 and 86400'}, status=400)
+        started = time.monotonic()
+        left = await board.drain(targets, timeout)
+        return web.json_response({'drained': names, 'in_flight': left, 'timed_out': left > 0,
+                                  'seconds': round(time.monotonic() - started, 3)})
+    resumed, refused = await board.resume(targets)
+    return web.json_response({'resumed': resumed, 'still_drained_key_refused': refused,
+                              'drained': [b.name for b in targets if b.drained]})
+
+
+async def reload_keys(app):
+    """Re-read the keys (key_file over the process environment) and apply them. Only keys change:
+    anything else in the config needs a restart. Raises ConfigError and keeps the old keys on error."""
+    cfg, board = app['cfg'], app['board']
+    new = load_config(app['config_path'])
+    cfg.client_keys = new.client_keys
+    for name, b in cfg.backends.items():
+        if name in new.backends:
+            b.key = new.backends[name].key
+    same = (set(new.backends) == set(cfg.backends) and set(new.models) == set(cfg.models)
+            and all((n.kind, n.url, n.unit, n.key_env) == (o.kind, o.url, o.unit, o.key_env)
+                    for n, o in ((new.backends[k], cfg.backends[k]) for k in cfg.backends)))
+    if not same:
+        log.warning('reload: the config file changed in more than keys; that takes a restart')
+    resumed, refused = await board.resume([b for b in cfg.backends.values() if b.resume_pending])
+    log.info('reload: keys re-read (%d client keys, %d backend keys)', len(new.client_keys),
+             sum(1 for b in cfg.backends.values() if b.key))
+    return {'reloaded': True, 'client_keys': len(new.client_keys), 'resumed': resumed,
+            'still_drained_key_refused': refused, 'config_changed_beyond_keys': not same}
+
+
+async def admin_reload(request):
+    if not _on_admin_socket(request):
+        raise web.HTTPNotFound()
+    try:
+        async with request.app['reload_lock']:
+            return web.json_response(await reload_keys(request.app))
+    except ConfigError as e:
+        log.error('reload failed, old keys kept: %s', e)
+        return web.json_response({'reloaded': False, 'error': str(e)}, status=500)
+
+
+async def _reload_on_signal(app):
+    try:
+        async with app['reload_lock']:
+            await reload_keys(app)
+    except ConfigError as e:
+        log.error('reload (SIGHUP) failed, old keys kept: %s', e)
+
+
+def request_reload(config_path):
+    """``router.py --reload``: ask the running router over its admin socket to re-read the keys;
+    returns once it has (so that systemctl reload returns after the new keys are in force)."""
+    try:
+        with open(config_path, encoding='utf-8') as f:
+            data = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        print('llm-router: cannot read %s: %s' % (config_path, e), file=sys.stderr)
+        return 2
+    path = data.get('admin_socket') if isinstance(data, dict) else None
+    if not isinstance(path, str):
+        print('llm-router: admin_socket is not set in %s; send SIGHUP instead' % config_path, file=sys.stderr)
+        return 2
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(60)
+            sock.connect(path)
+            sock.sendall(b'POST /admin/reload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n'
+                         b'Connection: close\r\n\r\n')
+            answer = b''
+            while chunk := sock.recv(65536):
+                answer += chunk
+    except OSError as e:
+        print('llm-router: reload over %s failed: %s' % (path, e.strerror or type(e).__name__), file=sys.stderr)
+        return 1
+    head, dummy, body = answer.partition(b'\r\n\r\n')
+    print(body.decode('utf-8', 'replace').strip())
+    return 0 if head.startswith(b'HTTP/1.1 200') else 1
+
+
 class OneLineErrors(logging.Filter):
     """aiohttp logs malformed client requests with a traceback whose text can quote the request
     (headers included): keep one line with the error's class name only."""
@@ -860,14 +1096,20 @@ class OneLineErrors(logging.Filter):
         return True
 
 
-def make_app(cfg):
+def make_app(cfg, config_path=None):
     app = web.Application(client_max_size=256 * 1024 * 1024)
     app['cfg'] = cfg
+    app['config_path'] = config_path
     app['metrics'] = Metrics()
 
     async def lifecycle(app):
         app['board'] = Switchboard(cfg, app['metrics'])
+        app['reload_lock'] = asyncio.Lock()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: app.setdefault('reloads', set()).add(
+            asyncio.ensure_future(_reload_on_signal(app))))
         yield
+        loop.remove_signal_handler(signal.SIGHUP)
         for b in cfg.backends.values():
             b.upstream.close()
 
@@ -877,6 +1119,9 @@ def make_app(cfg):
         app.router.add_post(path, proxy, expect_handler=expect_continue)
     app.router.add_get('/health', health)
     app.router.add_get('/metrics', metrics_endpoint)
+    # Served on both listeners, answered only on the unix socket (404 over TCP).
+    app.router.add_post('/admin/{by:backends|units}/{name}/{action:drain|resume}', admin_action)
+    app.router.add_post('/admin/reload', admin_reload)
     return app
 
 
@@ -884,7 +1129,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description='gpufleet.llm OpenAI-compatible router')
     parser.add_argument('--config', required=True, help='path to the router YAML config')
     parser.add_argument('--check', action='store_true', help='check the config and environment, then exit')
+    parser.add_argument('--reload', action='store_true',
+                        help='make the running router re-read its keys (over admin_socket), then exit')
     args = parser.parse_args(argv)
+    if args.reload:
+        return request_reload(args.config)
     logging.basicConfig(stream=sys.stderr, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
     logging.getLogger('aiohttp.server').addFilter(OneLineErrors())
     try:
@@ -898,8 +1147,8 @@ def main(argv=None):
         return 0
     log.info('listening on %s:%d, %d backends, %d models, swap policy %s', cfg.host, cfg.port,
              len(cfg.backends), len(cfg.models), cfg.swap_policy)
-    web.run_app(make_app(cfg), host=cfg.host, port=cfg.port, shutdown_timeout=cfg.shutdown_timeout,
-                access_log=None, print=None, handler_cancellation=True)
+    web.run_app(make_app(cfg, args.config), host=cfg.host, port=cfg.port, path=cfg.admin_socket,
+                shutdown_timeout=cfg.shutdown_timeout, access_log=None, print=None, handler_cancellation=True)
     log.info('stopped')
     return 0
 

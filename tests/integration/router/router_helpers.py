@@ -82,8 +82,8 @@ class Double(Proc):
 def procs(tmp_path):
     started = []
 
-    def double(kind='openai', api_keys=(), admin_key=None, **opts):
-        port = free_port()
+    def double(kind='openai', api_keys=(), admin_key=None, port=None, **opts):
+        port = port or free_port()
         args = [sys.executable, str(DOUBLE), '--port', str(port), '--kind', kind]
         for k in api_keys:
             args += ['--api-key', k]
