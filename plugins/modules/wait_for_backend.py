@@ -94,6 +94,18 @@ options:
     type: list
     elements: int
     default: [401, 403]
+  key_reload_grace:
+    description:
+      - Seconds, counted from the start of the task, during which an answer in O(reject_statuses)
+        still counts as "not ready yet" instead of failing the task.
+      - Only for a backend that re-reads its key file while running, right after that file was
+        changed (TabbyAPI's C(main) branch re-reads C(api_tokens.yml) within seconds, without a
+        restart): until it has, the new key is refused. After the grace period a refused key fails
+        the task at once, as without it.
+      - The default V(0) keeps the fail-fast behaviour. Keep it short (a few seconds more than the
+        backend needs to re-read its file); at most 300.
+    type: float
+    default: 0
   unit:
     description:
       - Name of the systemd unit that runs the backend. When it is C(failed), or has exited
@@ -145,6 +157,13 @@ EXAMPLES = r"""
     api_key: "{{ sglang_api_key }}"
     timeout: 120
     max_interval: 2
+
+- name: TabbyAPI main just got a new api_tokens.yml (re-read live): the new key may be refused for a few seconds
+  gpufleet.llm.wait_for_backend:
+    url: http://127.0.0.1:5000
+    backend: tabbyapi
+    api_key: "{{ tabbyapi_api_key }}"
+    key_reload_grace: 15
 
 - name: Any OpenAI-compatible server behind TLS with a private CA
   gpufleet.llm.wait_for_backend:
@@ -387,6 +406,8 @@ class Waiter:
             else:
                 reported = models[0] if models else None
             self.module.exit_json(**self.result(ready=True, model=scrub(reported, self.key) if reported else None))
+        if verdict == probe.REJECTED and time.monotonic() - self.start < p['key_reload_grace']:
+            return               # the backend may not have re-read its key file yet
         if verdict == probe.REJECTED:
             msg = probe.rejection_message(p['backend'], self.url, self.endpoint, self.header,
                                           answer.status, detail, bool(self.key))
@@ -420,6 +441,7 @@ def main():
             max_interval=dict(type='float', default=0.25),
             request_timeout=dict(type='float', default=5),
             reject_statuses=dict(type='list', elements='int', default=[401, 403]),
+            key_reload_grace=dict(type='float', default=0),
             unit=dict(type='str'),
             validate_certs=dict(type='bool', default=True),
             ca_path=dict(type='path'),
@@ -430,6 +452,8 @@ def main():
     for name in ('timeout', 'max_interval', 'request_timeout'):
         if module.params[name] <= 0:
             module.fail_json(msg='%s must be greater than 0, got %s' % (name, module.params[name]))
+    if not 0 <= module.params['key_reload_grace'] <= 300:
+        module.fail_json(msg='key_reload_grace must be between 0 and 300 seconds, got %s' % module.params['key_reload_grace'])
     Waiter(module).run()
 
 

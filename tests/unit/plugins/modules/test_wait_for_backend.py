@@ -318,3 +318,38 @@ def test_validate_certs_false_skips_verification(backend, wait, certificate):
     fake = backend('tabbyapi', keys=[KEY], model='m', tls=certificate)
     rc, result, _out = wait(url=fake.url, backend='tabbyapi', api_key=KEY, validate_certs=False, timeout=10)
     assert rc == 0, result
+
+
+def test_key_reload_grace_waits_while_the_new_key_is_still_refused(backend, wait):
+    fake = backend('tabbyapi', keys=['old-key'], model='m')
+    fake.after_requests(3, keys=[KEY])          # the backend "re-reads its key file" after 3 answers
+    rc, result, out = wait(url=fake.url, backend='tabbyapi', api_key=KEY, key_reload_grace=30, timeout=60)
+    assert rc == 0, result
+    assert result['ready'] is True and result['attempts'] == 4
+    assert [r[4] for r in fake.requests] == [401, 401, 401, 200]
+    assert KEY not in out
+
+
+def test_key_reload_grace_is_bounded_then_fails_as_usual(backend, wait):
+    fake = backend('tabbyapi', keys=['old-key'], model='m')
+    rc, result, out = wait(url=fake.url, backend='tabbyapi', api_key=WRONG, key_reload_grace=0.5, timeout=60)
+    assert rc == 1
+    assert result['msg'] == ('tabbyapi at %s rejected the API key sent as x-api-key on /v1/models: 401 Invalid API key'
+                             % fake.url)
+    assert result['attempts'] > 1
+    assert result['elapsed'] < 10            # after the grace, not at the 60 s timeout
+    assert WRONG not in out
+
+
+def test_without_key_reload_grace_a_refusal_still_fails_at_once(backend, wait):
+    fake = backend('tabbyapi', keys=['old-key'], model='m')
+    fake.after_requests(3, keys=[KEY])
+    rc, result, _out = wait(url=fake.url, backend='tabbyapi', api_key=KEY, timeout=60)
+    assert rc == 1 and result['attempts'] == 1
+
+
+@pytest.mark.parametrize('value', [-1, 301])
+def test_key_reload_grace_out_of_range_is_refused(wait, value):
+    rc, result, _out = wait(url='http://127.0.0.1:9', key_reload_grace=value)
+    assert rc == 1
+    assert result['msg'] == 'key_reload_grace must be between 0 and 300 seconds, got %s' % float(value)
