@@ -17,7 +17,7 @@ KEYS = (CLIENT_KEY, OLD_CLIENT_KEY, LLAMACPP_KEY)
 UNIT_A, UNIT_B = "llamacpp@tiny-a.service", "llamacpp@tiny-b.service"
 PROPS = ("ActiveState,UnitFileState,User,Group,MainPID,NoNewPrivileges,ProtectSystem,ProtectHome,PrivateTmp,"
          "PrivateDevices,PrivateUsers,RestrictAddressFamilies,CapabilityBoundingSet,SystemCallFilter,"
-         "MemoryDenyWriteExecute,ProtectProc,ExecStartPre,EnvironmentFiles,Restart")
+         "MemoryDenyWriteExecute,ProtectProc,ExecStartPre,ExecReload,EnvironmentFiles,RuntimeDirectory,Restart")
 
 # Runs ON the host (python3 of the image, standard library only): raw answers of the router.
 CLIENT = r'''
@@ -120,7 +120,11 @@ def test_router_runs_hardened_as_llm_router_on_port_4000(host):
     assert p["CapabilityBoundingSet"] == "" and p["Restart"] == "on-failure"
     assert p["SystemCallFilter"] and not p["SystemCallFilter"].startswith("~")  # an allow list
     assert "router.py --config /etc/llm-router/router.yml --check" in p["ExecStartPre"]
-    assert p["EnvironmentFiles"].startswith("/etc/llm-router/env")
+    # router.py reads its key file itself (so that a reload can re-read it); admin socket in /run/llm-router
+    assert p["EnvironmentFiles"] == "" and p["RuntimeDirectory"] == "llm-router"
+    assert "router.py --config /etc/llm-router/router.yml --reload" in p["ExecReload"]
+    assert host.check_output("stat -c '%U:%G %a %F' /run/llm-router/admin.sock").strip() == \
+        "llm-router:llm-router 750 socket"
     status = host.check_output("cat /proc/%s/status" % p["MainPID"])
     uid = host.check_output("id -u llm-router").strip()
     assert re.search(r"^Uid:\s+%s\s+%s\s" % (uid, uid), status, re.M) and re.search(r"^NoNewPrivs:\s+1$", status, re.M)
@@ -137,7 +141,7 @@ def test_files_owners_modes_and_no_key_outside_the_env_file(host):
         "/etc/systemd/system/llm-router.service")
     assert stats.splitlines() == [
         "/etc/llm-router root:llm-router 750",
-        "/etc/llm-router/env root:root 600",
+        "/etc/llm-router/env root:llm-router 640",
         "/etc/llm-router/router.yml root:llm-router 640",
         "/opt/llm-router/router.py root:root 644",
         "/opt/llm-router/_backend_probe.py root:root 644",
@@ -156,9 +160,10 @@ def test_files_owners_modes_and_no_key_outside_the_env_file(host):
                                 "/etc/polkit-1/rules.d/50-llm-router.rules")
     for key in KEYS:
         assert key not in visible
-    # the service user may read its config but not the keys file, nor change its code
+    # the service user may read its config and its key file (re-read at every reload), not change either
     assert host.run("runuser -u llm-router -- head -c0 /etc/llm-router/router.yml").rc == 0
-    assert host.run("runuser -u llm-router -- head -c0 /etc/llm-router/env").rc != 0
+    assert host.run("runuser -u llm-router -- head -c0 /etc/llm-router/env").rc == 0
+    assert host.run("runuser -u llm-router -- test -w /etc/llm-router/env").rc != 0
     assert host.run("runuser -u llm-router -- test -w /opt/llm-router/router.py").rc != 0
 
 
@@ -276,8 +281,79 @@ def test_a_bad_config_fails_the_start_naming_the_field(host):
     assert ask(host, models=["GET", "/v1/models", bearer(CLIENT_KEY)])["models"]["status"] == 200
 
 
+# A steady stream of client requests, ON the host (python3, standard library): two workers send
+# chat requests for tiny-a until /root/load.stop exists, and record every outcome.
+LOAD = r'''
+import http.client, json, os, sys, threading, time
+body = json.dumps({"model": "tiny-a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+seen, lock = {}, threading.Lock()
+def worker():
+    while not os.path.exists("/root/load.stop"):
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", 4000, timeout=120)
+            c.request("POST", "/v1/chat/completions", body, {"Authorization": "Bearer " + sys.argv[1],
+                                                            "Content-Type": "application/json"})
+            r = c.getresponse()
+            data = r.read()
+            what = str(r.status)
+            if r.status == 503:
+                code = json.loads(data)["error"]["code"]
+                what = "503 %s retry-after=%s" % (code, r.getheader("Retry-After"))
+            c.close()
+        except Exception as e:
+            what = "error " + type(e).__name__
+        with lock:
+            seen[what] = seen.get(what, 0) + 1
+        if what.startswith("503"):
+            time.sleep(0.2)
+for t in [threading.Thread(target=worker) for i in range(2)]:
+    t.start()
+for t in threading.enumerate():
+    if t is not threading.current_thread():
+        t.join()
+print(json.dumps(seen))
+'''
+NEW_LLAMACPP_KEY = "router-test-llamacpp-NEW-KEY-7c21e9"
+
+
+def test_a_key_change_under_load_gives_only_200_or_503_with_retry_after(host):
+    """End to end: the llama.cpp key changes while clients send a steady stream through the router.
+    The converge drains each instance in the router, restarts it with the new key, passes the gate,
+    then reloads the router (keys only: no restart) which resumes the instances. Clients see 200s, or
+    503 with Retry-After while tiny-a is drained; never a 401/502/504 or a broken connection."""
+    assert ask(host, warm=["POST", "/v1/chat/completions", bearer(CLIENT_KEY), chat("tiny-a")])["warm"]["status"] == 200
+    router_pid = show(host, "llm-router.service")["MainPID"]
+    host.check_output("rm -f /root/load.stop")
+    load = subprocess.Popen(["podman", "exec", "gpufleet-llm-router", "python3", "-c", LOAD, CLIENT_KEY],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)
+        rc, output = playbook("converge.yml", "-e", json.dumps({
+            "llamacpp_api_key": NEW_LLAMACPP_KEY, "llamacpp_service_state": "started",
+            "llm_router_client_api_keys_previous": []}))
+        time.sleep(3)
+    finally:
+        host.check_output("touch /root/load.stop")
+        out, err = load.communicate(timeout=300)
+    assert rc == 0, output
+    assert "Drain in the router llamacpp@tiny-a.service" in output and "Reload llm-router" in output, output
+    seen = json.loads(out.strip().splitlines()[-1])
+    print("outcomes under load:", seen)
+    assert seen.get("200", 0) > 0, (seen, err)
+    assert set(seen) <= {"200", "503 backend_draining retry-after=5"}, (seen, err)
+    assert seen.get("503 backend_draining retry-after=5", 0) > 0, seen     # the drain was really hit
+    assert show(host, "llm-router.service")["MainPID"] == router_pid        # reloaded, not restarted
+    a = ask(host, old=["GET", "/v1/models", bearer(OLD_CLIENT_KEY)],
+            new=["POST", "/v1/chat/completions", bearer(CLIENT_KEY), chat("tiny-a")],
+            health=["GET", "/health"])
+    assert a["old"]["status"] == 401 and a["new"]["status"] == 200, a      # old client key gone after reload
+    assert not any(b["drained"] for b in json.loads(a["health"]["body"])["backends"].values()), a["health"]
+    for key in KEYS + (NEW_LLAMACPP_KEY,):
+        assert key not in output
+
+
 def test_no_key_in_the_journal(host):
     log = host.check_output("journalctl --no-pager -u llm-router.service -u 'llamacpp@*' -u polkit.service")
     assert "swap" in log
-    for key in KEYS:
+    for key in KEYS + (NEW_LLAMACPP_KEY,):
         assert key not in log
