@@ -1019,6 +1019,8 @@ async def reload_keys(app):
     """Re-read the keys (key_file over the process environment) and apply them. Only keys change:
     anything else in the config needs a restart. Raises ConfigError and keeps the old keys on error."""
     cfg, board = app['cfg'], app['board']
+    if not app['config_path']:
+        raise ConfigError('reload: the router was started without a config file path')
     new = load_config(app['config_path'])
     cfg.client_keys = new.client_keys
     for name, b in cfg.backends.items():
@@ -1106,8 +1108,14 @@ def make_app(cfg, config_path=None):
         app['board'] = Switchboard(cfg, app['metrics'])
         app['reload_lock'] = asyncio.Lock()
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, lambda: app.setdefault('reloads', set()).add(
-            asyncio.ensure_future(_reload_on_signal(app))))
+        reloads = set()                  # running SIGHUP reloads (a reference keeps each task alive)
+
+        def on_sighup():
+            task = asyncio.ensure_future(_reload_on_signal(app))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
         yield
         loop.remove_signal_handler(signal.SIGHUP)
         for b in cfg.backends.values():
