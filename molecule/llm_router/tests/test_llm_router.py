@@ -121,7 +121,7 @@ def test_router_runs_hardened_as_llm_router_on_port_4000(host):
     assert p["SystemCallFilter"] and not p["SystemCallFilter"].startswith("~")  # an allow list
     assert "router.py --config /etc/llm-router/router.yml --check" in p["ExecStartPre"]
     # router.py reads its key file itself (so that a reload can re-read it); admin socket in /run/llm-router
-    assert p["EnvironmentFiles"] == "" and p["RuntimeDirectory"] == "llm-router"
+    assert p.get("EnvironmentFiles", "") == "" and p["RuntimeDirectory"] == "llm-router"
     assert "router.py --config /etc/llm-router/router.yml --reload" in p["ExecReload"]
     assert host.check_output("stat -c '%U:%G %a %F' /run/llm-router/admin.sock").strip() == \
         "llm-router:llm-router 750 socket"
