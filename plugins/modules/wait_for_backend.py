@@ -100,7 +100,7 @@ options:
         still counts as "not ready yet" instead of failing the task.
       - Only for a backend that re-reads its key file while running, right after that file was
         changed (TabbyAPI's C(main) branch re-reads C(api_tokens.yml) within seconds, without a
-        restart): until it has, the new key is refused. After the grace period a refused key fails
+        restart). Until it has, the new key is refused. After the grace period a refused key fails
         the task at once, as without it.
       - The default V(0) keeps the fail-fast behaviour. Keep it short (a few seconds more than the
         backend needs to re-read its file); at most 300.
@@ -158,7 +158,7 @@ EXAMPLES = r"""
     timeout: 120
     max_interval: 2
 
-- name: TabbyAPI main just got a new api_tokens.yml (re-read live): the new key may be refused for a few seconds
+- name: TabbyAPI main just got a new api_tokens.yml (re-read live), the new key may be refused for a few seconds
   gpufleet.llm.wait_for_backend:
     url: http://127.0.0.1:5000
     backend: tabbyapi
