@@ -441,7 +441,7 @@ def main():
             max_interval=dict(type='float', default=0.25),
             request_timeout=dict(type='float', default=5),
             reject_statuses=dict(type='list', elements='int', default=[401, 403]),
-            key_reload_grace=dict(type='float', default=0),
+            key_reload_grace=dict(type='float', default=0, no_log=False),
             unit=dict(type='str'),
             validate_certs=dict(type='bool', default=True),
             ca_path=dict(type='path'),
