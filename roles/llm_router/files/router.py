@@ -1024,8 +1024,10 @@ async def reload_keys(app):
     new = load_config(app['config_path'])
     cfg.client_keys = new.client_keys
     for name, b in cfg.backends.items():
-        if name in new.backends:
+        if name in new.backends and new.backends[name].key != b.key:
             b.key = new.backends[name].key
+            if b.state == 'ready':
+                b.state = 'unknown'      # re-checked with the new key before its next request
     same = (set(new.backends) == set(cfg.backends) and set(new.models) == set(cfg.models)
             and all((n.kind, n.url, n.unit, n.key_env) == (o.kind, o.url, o.unit, o.key_env)
                     for n, o in ((new.backends[k], cfg.backends[k]) for k in cfg.backends)))

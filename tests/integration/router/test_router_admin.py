@@ -224,3 +224,24 @@ def test_sighup_reloads_the_keys(procs, tmp_path):
     assert raw_request(conn, '/v1/chat/completions', NEW_CLIENT_KEY, chat('a')) == 200
     assert r.proc.poll() is None
     conn.close()
+
+
+def test_a_reloaded_backend_key_is_checked_before_the_next_request(procs, tmp_path):
+    """A backend whose key changed in a reload is re-checked: a key it refuses gives the router's own
+    502 backend_rejected_key (naming the variable), never the backend's 401 passed on to the client."""
+    double, router = procs
+    tabby = double('tabbyapi', admin_key=TABBY_ADMIN_KEY, models='a', loaded='a')
+    sg = double('openai', api_keys=[SGLANG_KEY], models='s1')
+    sock, keys = tmp_path / 'admin.sock', tmp_path / 'keys.env'
+    write_keys(keys, [CLIENT_KEY], SGLANG_KEY)
+    r = router(two_backends(tabby, sg, admin_socket=str(sock), key_file=str(keys)))
+    assert post(r, 's1').status_code == 200 and post(r, 'a').status_code == 200
+    write_keys(keys, [CLIENT_KEY], NEW_SGLANG_KEY)             # the backend still has the old one
+    assert admin(sock, '/admin/reload').status_code == 200
+    refused = post(r, 's1')
+    assert refused.status_code == 502, refused.text
+    assert refused.json()['error']['code'] == 'backend_rejected_key' and 'SGLANG_KEY' in refused.text
+    assert post(r, 'a').status_code == 200                      # tabby's key did not change: not touched
+    write_keys(keys, [CLIENT_KEY], SGLANG_KEY)
+    assert admin(sock, '/admin/reload').status_code == 200
+    assert post(r, 's1').status_code == 200
