@@ -39,6 +39,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+import uvloop
 import yaml
 from aiohttp import web
 
@@ -1157,6 +1158,7 @@ def main(argv=None):
         return 0
     log.info('listening on %s:%d, %d backends, %d models, swap policy %s', cfg.host, cfg.port,
              len(cfg.backends), len(cfg.models), cfg.swap_policy)
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())     # ~12 % less CPU per request (docs/router.md)
     web.run_app(make_app(cfg, args.config), host=cfg.host, port=cfg.port, path=cfg.admin_socket,
                 shutdown_timeout=cfg.shutdown_timeout, access_log=None, print=None, handler_cancellation=True)
     log.info('stopped')
