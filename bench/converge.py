@@ -9,7 +9,7 @@ hosts-image`), named gpufleet-bench-<n>, removed afterwards (also on failure; --
 The hosts run a real llama-server with a tiny real GGUF model (tests/tools/build-llama-server.sh,
 tests/tools/make-tiny-gguf.py) and, when the group list has it, the router in front of it; every
 backend passes its readiness gate, so "converged" means "serves". All hosts of a size form one batch
-(gpufleet_serial = size), which is how a fleet converges when the rollout is not the point.
+(-e gpufleet_serial=size), which is how a fleet converges when the rollout is not the point.
 
 Printed per size: seconds of the fresh converge and of the re-run, and the changed/failed counts of
 the re-run (the goal: changed=0). The goal for the fleet: 4 hosts take at most 1.5x one host.
@@ -124,7 +124,6 @@ def write_inventory(path, names, groups, art, ssh=None):
         variables['ansible_connection'] = 'containers.podman.podman'
     variables.update({
         'ansible_python_interpreter': '/usr/bin/python3',
-        'gpufleet_serial': len(names),
         'llamacpp_install_method': 'copy',
         'llamacpp_binary_src': art['server'],
         'llamacpp_private_devices': True,
@@ -144,14 +143,17 @@ def write_inventory(path, names, groups, art, ssh=None):
     path.write_text(json.dumps(inventory, indent=1))
 
 
-def converge(inventory):
+def converge(inventory, size):
     """(seconds, controller CPU seconds, {host: recap counts}, output) of one gpufleet.llm.site run.
 
     CPU seconds: user + system time of ansible-playbook and the processes it waited for (its workers,
     the podman/ssh clients); what bounds a batch when the controller has fewer free cores than hosts."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
-    proc = subprocess.run(['ansible-playbook', '-i', str(inventory), 'gpufleet.llm.site'], env=ENV,
+    # serial is a play keyword: Ansible templates it before inventory variables exist, so the batch
+    # size goes in as an extra variable (an inventory gpufleet_serial would be ignored: one at a time).
+    proc = subprocess.run(['ansible-playbook', '-i', str(inventory), '-e', 'gpufleet_serial=%d' % size,
+                           'gpufleet.llm.site'], env=ENV,
                           capture_output=True, text=True, check=False)
     took = time.monotonic() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -163,6 +165,9 @@ def converge(inventory):
     if proc.returncode != 0:
         sys.stderr.write(output[-6000:])
         raise SystemExit('ansible-playbook failed (rc %d)' % proc.returncode)
+    batches = output.count('PLAY [Rolling rollout')
+    if batches != 1:
+        raise SystemExit('the hosts converged in %d batches, not in one' % batches)
     for secret in [v for v in KEYS.values() if isinstance(v, str)] + KEYS['llm_router_client_api_keys']:
         if secret in output:
             raise SystemExit('a key appeared in the output of site.yml')
@@ -207,8 +212,8 @@ def main(argv=None):
                 ssh = enable_ssh(names, work) if args.connection == 'ssh' else None
                 write_inventory(inventory, names, args.groups, art, ssh)
                 load_before = loadavg()
-                fresh, fresh_cpu, fresh_recap, _fresh_log = converge(inventory)
-                again, again_cpu, again_recap, _again_log = converge(inventory)
+                fresh, fresh_cpu, fresh_recap, _fresh_log = converge(inventory, size)
+                again, again_cpu, again_recap, _again_log = converge(inventory, size)
             finally:
                 if not args.keep:
                     remove_hosts(names)
