@@ -55,7 +55,7 @@ llama-server: venv
 # SCENARIOS_NOT_IN_CI), MOLECULE_JOBS at a time; each scenario's output goes to
 # build/logs/molecule-<scenario>.log and its tail is printed when it fails.
 # One scenario: make molecule SCENARIOS=tabbyapi
-# fleet (the longest, about 30 min on the loaded 2-core machine) sorts first, so it starts first.
+# fleet (the longest: 30-35 min on the loaded 2-core machine) sorts first, so it starts first.
 SCENARIOS_NOT_IN_CI ?=
 SCENARIOS ?= $(filter-out $(SCENARIOS_NOT_IN_CI),$(notdir $(patsubst %/,%,$(wildcard molecule/*/))))
 MOLECULE_JOBS ?= 2
