@@ -9,7 +9,7 @@ hosts-image`), named gpufleet-bench-<n>, removed afterwards (also on failure; --
 The hosts run a real llama-server with a tiny real GGUF model (tests/tools/build-llama-server.sh,
 tests/tools/make-tiny-gguf.py) and, when the group list has it, the router in front of it; every
 backend passes its readiness gate, so "converged" means "serves". All hosts of a size form one batch
-(gpufleet_serial = size), which is how a fleet converges when the rollout is not the point.
+(-e gpufleet_serial=size), which is how a fleet converges when the rollout is not the point.
 
 Printed per size: seconds of the fresh converge and of the re-run, and the changed/failed counts of
 the re-run (the goal: changed=0). The goal for the fleet: 4 hosts take at most 1.5x one host.
@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -123,7 +124,6 @@ def write_inventory(path, names, groups, art, ssh=None):
         variables['ansible_connection'] = 'containers.podman.podman'
     variables.update({
         'ansible_python_interpreter': '/usr/bin/python3',
-        'gpufleet_serial': len(names),
         'llamacpp_install_method': 'copy',
         'llamacpp_binary_src': art['server'],
         'llamacpp_private_devices': True,
@@ -143,12 +143,21 @@ def write_inventory(path, names, groups, art, ssh=None):
     path.write_text(json.dumps(inventory, indent=1))
 
 
-def converge(inventory):
-    """(seconds, {host: recap counts}, output) of one ansible-playbook gpufleet.llm.site run."""
+def converge(inventory, size):
+    """(seconds, controller CPU seconds, {host: recap counts}, output) of one gpufleet.llm.site run.
+
+    CPU seconds: user + system time of ansible-playbook and the processes it waited for (its workers,
+    the podman/ssh clients); what bounds a batch when the controller has fewer free cores than hosts."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
-    proc = subprocess.run(['ansible-playbook', '-i', str(inventory), 'gpufleet.llm.site'], env=ENV,
+    # serial is a play keyword: Ansible templates it before inventory variables exist, so the batch
+    # size goes in as an extra variable (an inventory gpufleet_serial would be ignored: one at a time).
+    proc = subprocess.run(['ansible-playbook', '-i', str(inventory), '-e', 'gpufleet_serial=%d' % size,
+                           'gpufleet.llm.site'], env=ENV,
                           capture_output=True, text=True, check=False)
     took = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     output = proc.stdout + proc.stderr
     recap = {}
     for host, counts in re.findall(r'^(gpufleet-bench-\d+)\s*:\s*(.*)$', output, re.M):
@@ -156,10 +165,18 @@ def converge(inventory):
     if proc.returncode != 0:
         sys.stderr.write(output[-6000:])
         raise SystemExit('ansible-playbook failed (rc %d)' % proc.returncode)
+    batches = output.count('PLAY [Rolling rollout')
+    if batches != 1:
+        raise SystemExit('the hosts converged in %d batches, not in one' % batches)
     for secret in [v for v in KEYS.values() if isinstance(v, str)] + KEYS['llm_router_client_api_keys']:
         if secret in output:
             raise SystemExit('a key appeared in the output of site.yml')
-    return took, recap, output
+    return took, cpu, recap, output
+
+
+def loadavg():
+    with open('/proc/loadavg', encoding='ascii') as handle:
+        return ' '.join(handle.read().split()[:3])
 
 
 def total(recap, field):
@@ -194,35 +211,40 @@ def main(argv=None):
             try:
                 ssh = enable_ssh(names, work) if args.connection == 'ssh' else None
                 write_inventory(inventory, names, args.groups, art, ssh)
-                fresh, fresh_recap, _fresh_log = converge(inventory)
-                again, again_recap, _again_log = converge(inventory)
+                load_before = loadavg()
+                fresh, fresh_cpu, fresh_recap, _fresh_log = converge(inventory, size)
+                again, again_cpu, again_recap, _again_log = converge(inventory, size)
             finally:
                 if not args.keep:
                     remove_hosts(names)
             row = {'hosts': size, 'fresh_s': round(fresh, 1), 'rerun_s': round(again, 1),
+                   'fresh_cpu_s': round(fresh_cpu, 1), 'rerun_cpu_s': round(again_cpu, 1),
+                   'load_before': load_before, 'load_after': loadavg(),
                    'fresh_changed': total(fresh_recap, 'changed'), 'rerun_changed': total(again_recap, 'changed'),
                    'rerun_failed': total(again_recap, 'failed'),
                    'tasks_per_host': round(total(again_recap, 'ok') / max(size, 1))}
             results.append(row)
-            print('%d host(s): fresh converge %.1f s (changed=%d), re-run %.1f s (changed=%d, failed=%d)'
-                  % (size, fresh, row['fresh_changed'], again, row['rerun_changed'], row['rerun_failed']),
-                  flush=True)
+            print('%d host(s): fresh converge %.1f s (changed=%d, controller CPU %.1f s), re-run %.1f s (changed=%d, '
+                  'failed=%d, controller CPU %.1f s); load average %s -> %s'
+                  % (size, fresh, row['fresh_changed'], fresh_cpu, again, row['rerun_changed'], row['rerun_failed'],
+                     again_cpu, load_before, row['load_after']), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     print()
-    print('| hosts | fresh converge | idempotent re-run | re-run changed | ok tasks per host |')
+    print('| hosts | fresh converge (controller CPU) | idempotent re-run (controller CPU) | re-run changed | ok tasks per host |')
     print('|---|---|---|---|---|')
     for r in results:
-        print('| %d | %.1f s | %.1f s | %d | %d |'
-              % (r['hosts'], r['fresh_s'], r['rerun_s'], r['rerun_changed'], r['tasks_per_host']))
+        print('| %d | %.1f s (%.1f s) | %.1f s (%.1f s) | %d | %d |'
+              % (r['hosts'], r['fresh_s'], r['fresh_cpu_s'], r['rerun_s'], r['rerun_cpu_s'], r['rerun_changed'],
+                 r['tasks_per_host']))
     by_size = {r['hosts']: r for r in results}
     if 1 in by_size and 4 in by_size:
         for kind in ('fresh_s', 'rerun_s'):
             ratio = by_size[4][kind] / by_size[1][kind]
             print('4 hosts / 1 host, %s: %.2fx (goal <= 1.5x: %s)'
                   % (kind[:-2], ratio, 'met' if ratio <= 1.5 else 'MISSED'))
-    print('load average at the end: %s' % ' '.join(open('/proc/loadavg').read().split()[:3]))
+    print('load average at the end: %s; CPUs: %d' % (loadavg(), os.cpu_count() or 0))
     if args.json:
         print(json.dumps(results))
     return 0 if all(r['rerun_changed'] == 0 for r in results) else 1

@@ -1,6 +1,7 @@
 """The fleet after gpufleet.llm.site: each host runs what its groups say, the routers answer real
-requests, and a rolling run with one wrong key stops at that host's gate while the host before it
-keeps serving. Tests run in file order; the wrong-key run is last."""
+requests, the router-managed backends of fleet-1 (exclusive swap, two backends) run one at a time,
+and a rolling run with one wrong key stops at that host's gate while the host before it keeps
+serving. Tests run in file order; the wrong-key run is last."""
 import json
 import os
 import re
@@ -50,6 +51,13 @@ def unit_exists(host, unit):
     return host.run("systemctl cat %s", unit).rc == 0
 
 
+def enabled(host, unit):
+    return host.run("systemctl is-enabled %s", unit).stdout.strip()
+
+
+ROUTER_MANAGED = ("llamacpp@tiny.service", "sglang@chat.service")
+
+
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -76,8 +84,11 @@ def recap(output, name):
 
 def test_each_host_runs_what_its_groups_say(hosts):
     one, two, three = hosts["gpufleet-fleet-1"], hosts["gpufleet-fleet-2"], hosts["gpufleet-fleet-3"]
-    assert active(one, "llamacpp@tiny.service") == "active"
+    # fleet-1: two backends behind an exclusive-swap router: router-managed, never enabled, and the
+    # readiness proof through the router left exactly one of them running.
     assert active(one, "llm-router.service") == "active"
+    assert [enabled(one, unit) for unit in ROUTER_MANAGED] == ["disabled", "disabled"]
+    assert sorted(active(one, unit) for unit in ROUTER_MANAGED) == ["active", "inactive"]
     assert not unit_exists(one, "tabbyapi.service")
     assert active(two, "tabbyapi.service") == "active"
     assert active(two, "llm-router.service") == "active"
@@ -86,8 +97,11 @@ def test_each_host_runs_what_its_groups_say(hosts):
     assert active(three, "llamacpp@tiny.service") == "active"
     assert not unit_exists(three, "llm-router.service")
     assert not unit_exists(three, "tabbyapi.service")
+    # Without a router the same backends are plain services, started at boot.
+    assert [enabled(three, unit) for unit in ROUTER_MANAGED] == ["enabled", "enabled"]
+    assert enabled(two, "tabbyapi.service") == "enabled"
     for name in ("gpufleet-fleet-1", "gpufleet-fleet-2"):
-        assert hosts[name].run("systemctl is-enabled llm-router.service").stdout.strip() == "enabled"
+        assert enabled(hosts[name], "llm-router.service") == "enabled"
 
 
 def test_router_answers_from_the_real_llama_server(hosts):
@@ -96,6 +110,16 @@ def test_router_answers_from_the_real_llama_server(hosts):
     assert reply["object"] == "chat.completion"
     assert isinstance(reply["choices"][0]["message"]["content"], str)
     assert reply["usage"]["completion_tokens"] >= 1
+
+
+def test_router_managed_backends_run_one_at_a_time(hosts):
+    one = hosts["gpufleet-fleet-1"]
+    status, reply = chat(one, ROUTER, KEYS["client"], "Qwen2.5-7B-Instruct")
+    assert status == 200, reply
+    assert (active(one, "sglang@chat.service"), active(one, "llamacpp@tiny.service")) == ("active", "inactive")
+    status, reply = chat(one, ROUTER, KEYS["client"], "tiny")
+    assert status == 200, reply
+    assert (active(one, "llamacpp@tiny.service"), active(one, "sglang@chat.service")) == ("active", "inactive")
 
 
 def test_router_of_the_tabbyapi_host_answers_for_its_model(hosts):
@@ -121,6 +145,7 @@ def test_backends_without_a_router_take_only_their_key(hosts):
 def test_check_diff_run_changes_nothing_and_prints_no_key():
     rc, output = run_site(check=True)
     assert rc == 0, output
+    assert "started on demand by the router" in output
     for name in ("gpufleet-fleet-1", "gpufleet-fleet-2", "gpufleet-fleet-3"):
         stats = recap(output, name)
         assert stats["changed"] == 0 and stats["failed"] == 0, (name, stats)
