@@ -37,6 +37,12 @@ def new_key(label):
     return 'sec-%s-%s' % (label, secrets.token_hex(12))
 
 
+def hits(text, values):
+    """Which keys occur in text, each shown by its label only (sec-<label>-..., or "a rotated key" for
+    the keys rotate_keys.yml made), never the value."""
+    return sorted({(v.rsplit('-', 1)[0] + '-...' if v.startswith('sec-') else 'a rotated key') for v in values if v in text})
+
+
 class SecurityHost:
     def __init__(self, name, workdir):
         self.name, self.workdir = name, workdir
@@ -89,13 +95,18 @@ class SecurityHost:
 
     # -- ansible-playbook --------------------------------------------------------------------------
     def write_inventory(self, overrides=None, extra_hosts=None):
+        """extra_hosts: names (in every group, like this host) or a dict name -> list of its groups."""
         inv_dir = self.workdir / 'inventory'
         (inv_dir / 'group_vars').mkdir(parents=True, exist_ok=True)
         host = {'ansible_connection': 'containers.podman.podman', 'ansible_python_interpreter': '/usr/bin/python3'}
         hosts = {self.name: host}
-        for h in extra_hosts or ():
+        all_groups = ('tabbyapi', 'llamacpp', 'sglang', 'llm_router')
+        extra = extra_hosts if isinstance(extra_hosts, dict) else {h: all_groups for h in extra_hosts or ()}
+        member = {self.name: all_groups}
+        for h, its_groups in extra.items():
             hosts[h] = dict(host)
-        groups = {g: {'hosts': {h: {} for h in hosts}} for g in ('tabbyapi', 'llamacpp', 'sglang', 'llm_router')}
+            member[h] = its_groups
+        groups = {g: {'hosts': {h: {} for h in hosts if g in member[h]}} for g in all_groups}
         (inv_dir / 'hosts.yml').write_text(yaml.safe_dump({'all': {'hosts': hosts, 'children': groups}}))
         variables = dict(self.group_vars, **self.keys)
         variables.update(overrides or {})
@@ -105,8 +116,11 @@ class SecurityHost:
         (inv_dir / 'group_vars' / 'all.yml').write_text(yaml.safe_dump(variables))
         return inv_dir
 
-    def play(self, label, *args, overrides=None, extra_hosts=None, playbook='gpufleet.llm.site', timeout=1200):
-        """Run site.yml (or another playbook) on the host; returns (rc, output, seconds)."""
+    def play(self, label, *args, overrides=None, extra_hosts=None, playbook='gpufleet.llm.site', timeout=1200,
+             on_line=None):
+        """Run site.yml (or another playbook) on the host; returns (rc, output, seconds).
+
+        on_line: called with each line of output as it comes (e.g. to cause a fault at a given play)."""
         inv = self.write_inventory(overrides, extra_hosts)
         env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(ROOT / 'build/collections'), ANSIBLE_NOCOLOR='1',
                    ANSIBLE_CONFIG=str(ROOT / 'ansible.cfg'), ANSIBLE_ROLES_PATH=str(ROOT / 'roles'),
@@ -114,10 +128,18 @@ class SecurityHost:
                    PATH=str(BIN) + os.pathsep + os.environ.get('PATH', ''))
         argv = [str(BIN / 'ansible-playbook'), '-i', str(inv), playbook] + list(args)
         started = time.monotonic()
-        proc = subprocess.run(argv, cwd=str(self.workdir), env=env, capture_output=True, text=True, timeout=timeout,
-                              check=False)
+        with subprocess.Popen(argv, cwd=str(self.workdir), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) as proc:
+            lines = []
+            for line in proc.stdout:
+                lines.append(line)
+                if on_line:
+                    on_line(line)
+                if time.monotonic() - started > timeout:
+                    proc.kill()
+            proc.wait()
         took = time.monotonic() - started
-        output = proc.stdout + proc.stderr
+        output = ''.join(lines)
         self.outputs.append((label, argv, output))
         (self.workdir / ('play-%02d-%s.log' % (len(self.outputs), label))).write_text(output + '\n# rc %d, %.1f s\n' % (proc.returncode, took))
         print('[%s: rc %d, %.1f s]' % (label, proc.returncode, took))

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from conftest import new_key
+from conftest import hits, new_key
 
 # The files that are meant to hold keys, and who may read them (owner, group, mode).
 KEY_FILES = {
@@ -21,11 +21,6 @@ KEY_FILES = {
     '/etc/llm-router/env': ('root', 'root', '600'),
 }
 SERVICE_USERS = ('tabbyapi', 'llamacpp', 'sglang', 'llm-router')
-
-
-def hits(text, values):
-    """Which keys occur in text, each shown by its label only (sec-<label>-...), never the value."""
-    return sorted({v.rsplit('-', 1)[0] + '-...' for v in values if v in text})
 
 
 def test_converge_with_vvv_and_diff_succeeded_without_printing_a_key(converged):
