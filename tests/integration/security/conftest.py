@@ -37,6 +37,42 @@ def new_key(label):
     return 'sec-%s-%s' % (label, secrets.token_hex(12))
 
 
+# The files that are meant to hold keys, and who may read them (owner, group, mode).
+KEY_FILES = {
+    '/opt/tabbyapi/api_tokens.yml': ('root', 'tabbyapi', '640'),
+    '/etc/gpufleet/llamacpp/api-keys': ('root', 'llamacpp', '640'),
+    '/etc/sglang/chat.key': ('root', 'root', '600'),
+    '/etc/llm-router/env': ('root', 'root', '600'),
+}
+
+
+def container_sh(name, script, check=True, timeout=300, stdin=None):
+    env = dict(os.environ, CONTAINERS_CONF=str(ROOT / 'tests/hosts/containers.conf'))
+    proc = subprocess.run(['podman', 'exec', '-i', name, 'bash', '-c', script], capture_output=True, text=True,
+                          input=stdin, timeout=timeout, check=False, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError('%s failed (%d): %s %s' % (script, proc.returncode, proc.stdout, proc.stderr))
+    return proc
+
+
+def files_holding(name, values, paths=('/etc', '/opt', '/var/log')):
+    """Files under paths on the host (journal files included) that hold any of values, key files left out.
+    The values reach the host through stdin, never a command line, and are removed afterwards."""
+    container_sh(name, 'umask 077; cat > /root/.secsuite-keys', stdin=''.join(v + '\n' for v in values))
+    try:
+        found = container_sh(name, 'grep -rlaF -f /root/.secsuite-keys %s 2>/dev/null; true' % ' '.join(paths)).stdout
+    finally:
+        container_sh(name, 'rm -f /root/.secsuite-keys', check=False)
+    return sorted(f for f in set(found.split()) if f not in KEY_FILES)
+
+
+def journal_hits(name, values):
+    """Keys in the whole journal of the host, every unit, -o verbose (journald's trusted fields too)."""
+    journal = container_sh(name, 'journalctl --no-pager -o verbose').stdout
+    assert len(journal) > 10000, 'journal of %s too short' % name
+    return hits(journal, values)
+
+
 def hits(text, values):
     """Which keys occur in text, each shown by its label only (sec-<label>-..., or "a rotated key" for
     the keys rotate_keys.yml made), never the value."""
@@ -66,11 +102,7 @@ class SecurityHost:
 
     # -- commands on the host ----------------------------------------------------------------------
     def sh(self, script, check=True, timeout=300):
-        proc = subprocess.run(['podman', 'exec', self.name, 'bash', '-c', script], capture_output=True, text=True,
-                              timeout=timeout, check=False)
-        if check and proc.returncode != 0:
-            raise AssertionError('%s failed (%d): %s %s' % (script, proc.returncode, proc.stdout, proc.stderr))
-        return proc
+        return container_sh(self.name, script, check=check, timeout=timeout)
 
     def http(self, url, key=None, header='Authorization', method='GET', body=None):
         """(status, body) of a request made on the host itself (the backends listen on its loopback)."""
