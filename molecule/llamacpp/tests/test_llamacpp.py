@@ -85,7 +85,7 @@ def test_instances_run_hardened_as_llamacpp(host):
         assert (p["PrivateDevices"], p["DevicePolicy"]) == ("no", "closed")
         assert set(p["RestrictAddressFamilies"].split()) == {"AF_UNIX", "AF_INET", "AF_INET6"}
         assert (p["CapabilityBoundingSet"], p["Restart"], p["RestrictSUIDSGID"], p["UMask"]) == \
-            ("", "on-failure", "yes", "0027")
+            ("", "on-failure", "yes", "0077")
         assert p["ReadWritePaths"] == "/var/lib/llamacpp"
         assert host.check_output("ps -o user= -p %s" % p["MainPID"]).strip() == "llamacpp"
 

@@ -45,7 +45,7 @@ def test_instances_run_hardened(host):
         assert (p["NoNewPrivileges"], p["ProtectSystem"], p["ProtectHome"], p["PrivateTmp"]) == \
             ("yes", "strict", "yes", "yes")
         assert (p["PrivateDevices"], p["DevicePolicy"]) == ("no", "closed")
-        assert set(p["RestrictAddressFamilies"].split()) == {"AF_UNIX", "AF_INET", "AF_INET6"}
+        assert set(p["RestrictAddressFamilies"].split()) == {"AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"}
         assert p["CapabilityBoundingSet"] == "" and p["Restart"] == "on-failure"
         assert "/var/lib/sglang" in p["ReadWritePaths"]
         assert host.check_output("ps -o user= -p %s" % p["MainPID"]).strip() == "sglang"

@@ -37,6 +37,48 @@ def new_key(label):
     return 'sec-%s-%s' % (label, secrets.token_hex(12))
 
 
+# The files that are meant to hold keys, and who may read them (owner, group, mode).
+KEY_FILES = {
+    '/opt/tabbyapi/api_tokens.yml': ('root', 'tabbyapi', '640'),
+    '/etc/gpufleet/llamacpp/api-keys': ('root', 'llamacpp', '640'),
+    '/etc/sglang/chat.key': ('root', 'root', '600'),
+    '/etc/llm-router/env': ('root', 'llm-router', '640'),   # router.py re-reads it at every reload
+}
+
+
+def container_sh(name, script, check=True, timeout=300, stdin=None):
+    env = dict(os.environ, CONTAINERS_CONF=str(ROOT / 'tests/hosts/containers.conf'))
+    proc = subprocess.run(['podman', 'exec', '-i', name, 'bash', '-c', script], capture_output=True, text=True,
+                          input=stdin, timeout=timeout, check=False, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError('%s failed (%d): %s %s' % (script, proc.returncode, proc.stdout, proc.stderr))
+    return proc
+
+
+def files_holding(name, values, paths=('/etc', '/opt', '/var/log')):
+    """Files under paths on the host (journal files included) that hold any of values, key files left out.
+    The values reach the host through stdin, never a command line, and are removed afterwards."""
+    container_sh(name, 'umask 077; cat > /root/.secsuite-keys', stdin=''.join(v + '\n' for v in values))
+    try:
+        found = container_sh(name, 'grep -rlaF -f /root/.secsuite-keys %s 2>/dev/null; true' % ' '.join(paths)).stdout
+    finally:
+        container_sh(name, 'rm -f /root/.secsuite-keys', check=False)
+    return sorted(f for f in set(found.split()) if f not in KEY_FILES)
+
+
+def journal_hits(name, values):
+    """Keys in the whole journal of the host, every unit, -o verbose (journald's trusted fields too)."""
+    journal = container_sh(name, 'journalctl --no-pager -o verbose').stdout
+    assert len(journal) > 10000, 'journal of %s too short' % name
+    return hits(journal, values)
+
+
+def hits(text, values):
+    """Which keys occur in text, each shown by its label only (sec-<label>-..., or "a rotated key" for
+    the keys rotate_keys.yml made), never the value."""
+    return sorted({(v.rsplit('-', 1)[0] + '-...' if v.startswith('sec-') else 'a rotated key') for v in values if v in text})
+
+
 class SecurityHost:
     def __init__(self, name, workdir):
         self.name, self.workdir = name, workdir
@@ -60,11 +102,7 @@ class SecurityHost:
 
     # -- commands on the host ----------------------------------------------------------------------
     def sh(self, script, check=True, timeout=300):
-        proc = subprocess.run(['podman', 'exec', self.name, 'bash', '-c', script], capture_output=True, text=True,
-                              timeout=timeout, check=False)
-        if check and proc.returncode != 0:
-            raise AssertionError('%s failed (%d): %s %s' % (script, proc.returncode, proc.stdout, proc.stderr))
-        return proc
+        return container_sh(self.name, script, check=check, timeout=timeout)
 
     def http(self, url, key=None, header='Authorization', method='GET', body=None):
         """(status, body) of a request made on the host itself (the backends listen on its loopback)."""
@@ -89,13 +127,18 @@ class SecurityHost:
 
     # -- ansible-playbook --------------------------------------------------------------------------
     def write_inventory(self, overrides=None, extra_hosts=None):
+        """extra_hosts: names (in every group, like this host) or a dict name -> list of its groups."""
         inv_dir = self.workdir / 'inventory'
         (inv_dir / 'group_vars').mkdir(parents=True, exist_ok=True)
         host = {'ansible_connection': 'containers.podman.podman', 'ansible_python_interpreter': '/usr/bin/python3'}
         hosts = {self.name: host}
-        for h in extra_hosts or ():
+        all_groups = ('tabbyapi', 'llamacpp', 'sglang', 'llm_router')
+        extra = extra_hosts if isinstance(extra_hosts, dict) else {h: all_groups for h in extra_hosts or ()}
+        member = {self.name: all_groups}
+        for h, its_groups in extra.items():
             hosts[h] = dict(host)
-        groups = {g: {'hosts': {h: {} for h in hosts}} for g in ('tabbyapi', 'llamacpp', 'sglang', 'llm_router')}
+            member[h] = its_groups
+        groups = {g: {'hosts': {h: {} for h in hosts if g in member[h]}} for g in all_groups}
         (inv_dir / 'hosts.yml').write_text(yaml.safe_dump({'all': {'hosts': hosts, 'children': groups}}))
         variables = dict(self.group_vars, **self.keys)
         variables.update(overrides or {})
@@ -105,8 +148,11 @@ class SecurityHost:
         (inv_dir / 'group_vars' / 'all.yml').write_text(yaml.safe_dump(variables))
         return inv_dir
 
-    def play(self, label, *args, overrides=None, extra_hosts=None, playbook='gpufleet.llm.site', timeout=1200):
-        """Run site.yml (or another playbook) on the host; returns (rc, output, seconds)."""
+    def play(self, label, *args, overrides=None, extra_hosts=None, playbook='gpufleet.llm.site', timeout=1200,
+             on_line=None):
+        """Run site.yml (or another playbook) on the host; returns (rc, output, seconds).
+
+        on_line: called with each line of output as it comes (e.g. to cause a fault at a given play)."""
         inv = self.write_inventory(overrides, extra_hosts)
         env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(ROOT / 'build/collections'), ANSIBLE_NOCOLOR='1',
                    ANSIBLE_CONFIG=str(ROOT / 'ansible.cfg'), ANSIBLE_ROLES_PATH=str(ROOT / 'roles'),
@@ -114,10 +160,18 @@ class SecurityHost:
                    PATH=str(BIN) + os.pathsep + os.environ.get('PATH', ''))
         argv = [str(BIN / 'ansible-playbook'), '-i', str(inv), playbook] + list(args)
         started = time.monotonic()
-        proc = subprocess.run(argv, cwd=str(self.workdir), env=env, capture_output=True, text=True, timeout=timeout,
-                              check=False)
+        with subprocess.Popen(argv, cwd=str(self.workdir), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) as proc:
+            lines = []
+            for line in proc.stdout:
+                lines.append(line)
+                if on_line:
+                    on_line(line)
+                if time.monotonic() - started > timeout:
+                    proc.kill()
+            proc.wait()
         took = time.monotonic() - started
-        output = proc.stdout + proc.stderr
+        output = ''.join(lines)
         self.outputs.append((label, argv, output))
         (self.workdir / ('play-%02d-%s.log' % (len(self.outputs), label))).write_text(output + '\n# rc %d, %.1f s\n' % (proc.returncode, took))
         print('[%s: rc %d, %.1f s]' % (label, proc.returncode, took))

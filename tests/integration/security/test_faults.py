@@ -42,9 +42,8 @@ def gate_elapsed(output):
 
 
 def tabby_run(host, label, **overrides):
-    # A case that ended in a crash loop leaves the unit start-limited for StartLimitIntervalSec (300 s);
-    # an operator clears that with reset-failed before the next rollout, and so does the suite.
-    host.sh('systemctl reset-failed tabbyapi.service', check=False)
+    # A case that ends in a crash loop leaves the unit failed and start-limited for StartLimitIntervalSec
+    # (300 s); the next run clears that itself (backend_common's unit step runs systemctl reset-failed).
     overrides.setdefault('tabbyapi_gate_timeout', BIG)
     return host.play(label, '-vvv', '--tags', 'tabbyapi', overrides=overrides)
 
@@ -121,9 +120,22 @@ def test_crash_while_loading_fails_once_the_unit_gives_up(host):
     assert took < BIG / 3 and gate_elapsed(output) < 120
 
 
-def test_restore_tabbyapi(host):
+def test_a_rerun_after_the_start_limit_starts_the_unit_again(host):
+    """A unit started too often (StartLimitBurst starts within StartLimitIntervalSec: a crash loop, or an
+    operator's restarts) is failed with start-limit-hit, and systemd refuses every start for 300 s. The
+    next run (the fault repaired) clears it with reset-failed before it starts the unit, and converges."""
+    for _attempt in range(12):
+        refused = host.sh('systemctl restart tabbyapi.service', check=False)
+        if refused.returncode != 0:
+            break
+    assert refused.returncode != 0 and re.search('too often|too quickly', refused.stderr), refused.stderr
+    props = host.sh('systemctl show -p ActiveState -p Result tabbyapi.service').stdout
+    assert 'ActiveState=failed' in props and 'Result=start-limit-hit' in props, props
     rc, output, _ign = tabby_run(host, 'restore', tabbyapi_gate_timeout=120)
     assert rc == 0, output[-3000:]
+    assert re.search(r'TASK \[[^\]]*Clear the failed state and the start limit of failed units of tabbyapi\.service\]'
+                     r'(?:(?!TASK \[).)*?changed: \[.*?"reset-failed",\s*"tabbyapi\.service"', output, re.S), output[-3000:]
+    assert 'ActiveState=active' in host.sh('systemctl show -p ActiveState tabbyapi.service').stdout
     assert tabby_accepts(host, host.keys['tabbyapi_api_key']) == 200
 
 

@@ -3,15 +3,17 @@
 """`systemd-analyze security` of every unit the roles install, on the converged test host.
 
 The figures go to <basetemp>/sechost*/systemd-security.txt (and the test's output) for docs/security.md.
-The router faces the network: its exposure must stay at or below 4.0. The backends (measured at 3.0
-to 3.2 with the GPU device nodes allowed) are held to the same bound, which catches a unit losing its
-hardening (a plain unit without any scores 9.6)."""
+Each unit is held to the figure measured on the test host (docs/security.md), so a unit that loses any
+hardening line (systemd-analyze moves in steps of 0.1) fails here. The router faces the network; issue
+#7 asks for 4.0 or lower, and the backends "as low as GPU access allows" (a plain unit scores 9.6)."""
 
 import re
 
 import pytest
 
-UNITS = {'llm-router.service': 4.0, 'tabbyapi.service': 4.0, 'llamacpp@tiny.service': 4.0, 'sglang@chat.service': 4.0}
+# Measured with systemd 252 (Debian 12). sglang is 0.1 above tabbyapi for AF_NETLINK (NCCL), llamacpp 0.1
+# below for PrivateDevices (the test host's instance is CPU-only).
+UNITS = {'llm-router.service': 1.3, 'tabbyapi.service': 1.5, 'llamacpp@tiny.service': 1.4, 'sglang@chat.service': 1.6}
 
 
 @pytest.fixture(scope='module')
