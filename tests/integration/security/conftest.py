@@ -226,6 +226,9 @@ def sechost(tmp_path_factory):
             'llamacpp_private_devices': True, 'llamacpp_gate_timeout': 120,
             'llamacpp_instances': [{'name': 'tiny', 'model_src': str(art / 'tiny.gguf'), 'ctx_size': 512, 'threads': 1}],
             'llm_router_pip_cert': CA,
+            # Every backend runs at once (started and gated by its role), so every fault and grep of the
+            # suite reaches every unit; the exclusive (router-managed) path is molecule/fleet's.
+            'llm_router_swap_policy': 'shared',
         }
         rc, output, took = host.play('converge', '-vvv', '--diff')
         host.converge = (rc, output, took)
