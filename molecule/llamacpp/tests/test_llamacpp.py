@@ -55,9 +55,9 @@ def show(host, unit):
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
-def probe(host):
+def probe(host, ports=None):
     cmd = "python3 -c %s %s %s %s %s" % tuple(
-        "'" + s.replace("'", "'\"'\"'") + "'" for s in (PROBE, KEY, OLD_KEY, WRONG_KEY, json.dumps(PORTS)))
+        "'" + s.replace("'", "'\"'\"'") + "'" for s in (PROBE, KEY, OLD_KEY, WRONG_KEY, json.dumps(ports or PORTS)))
     return json.loads(host.check_output(cmd))
 
 
@@ -69,8 +69,8 @@ def playbook(*args, timeout=600):
     return run.returncode, run.stdout + run.stderr, time.monotonic() - started
 
 
-def recap(output):
-    found = re.search(r"gpufleet-llamacpp\s*:\s*ok=\d+\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", output)
+def recap(output, host_name="gpufleet-llamacpp"):
+    found = re.search(re.escape(host_name) + r"\s*:\s*ok=\d+\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", output)
     assert found, output
     return tuple(int(n) for n in found.groups())
 

@@ -79,6 +79,24 @@ def test_files_owners_modes_and_no_key_in_unit(host):
     assert host.check_output("cat /etc/sglang/chat.key").strip().endswith('SGLANG_API_KEY="%s"' % KEY)
 
 
+def test_installed_offline_from_the_wheelhouse(host):
+    """The host has no network but loopback: pip could only use the wheelhouse copied from the controller."""
+    assert host.check_output("ls /sys/class/net").split() == ["lo"]
+    pip_conf = host.check_output("cat /opt/sglang-venv/pip.conf")
+    assert "no-index = true" in pip_conf and "find-links = /opt/sglang-venv.wheelhouse" in pip_conf
+    assert "index-url" not in pip_conf
+    wheels = host.check_output("ls /opt/sglang-venv.wheelhouse").split()
+    assert len(wheels) == 1 and wheels[0].startswith("setuptools-") and wheels[0].endswith(".whl"), wheels
+    # The double's sdist was built (its build backend from the wheelhouse) and installed in the venv.
+    show_pkg = host.check_output("/opt/sglang-venv/bin/python -m pip show sglang")
+    assert "Version: 0.0.0+gpufleet.double" in show_pkg
+    # Without the venv's pip.conf (PIP_CONFIG_FILE=/dev/null loads no config file) pip goes to PyPI,
+    # and finds nothing: no index is reachable from this host.
+    fetch = host.run("PIP_CONFIG_FILE=/dev/null /opt/sglang-venv/bin/python -m pip download --no-deps --retries 0 "
+                     "--timeout 5 -d /tmp/offline-probe setuptools")
+    assert fetch.rc != 0 and "No matching distribution found for setuptools" in fetch.stderr, fetch.stdout + fetch.stderr
+
+
 def test_key_is_checked_from_inside_the_host(host):
     answers = json.loads(host.check_output("python3 -c '%s'" % PROBE.replace("'", "'\"'\"'")))
     for port, model in (("30000", "/srv/models/chat-model"), ("30007", "coder")):

@@ -104,7 +104,9 @@ def test_files_owners_modes_and_content(host):
     assert PREVIOUS_KEY not in tokens
     assert 'admin_key: "%s"' % ADMIN_KEY in tokens
     pip_conf = host.check_output("cat /opt/tabbyapi-venv/pip.conf")
-    assert "cert = /usr/local/share/gpufleet-controller-ca.crt" in pip_conf
+    assert "cert = /usr/local/share/gpufleet-test-proxy-ca.crt" in pip_conf
+    assert "index-url = https://127.0.0.1:8443/simple/" in pip_conf
+    assert "extra-index-url = https://127.0.0.1:8443/extra/simple/" in pip_conf
     # the service user cannot change its own code or config
     denied = host.run("runuser -u tabbyapi -- touch /opt/tabbyapi/api_tokens.yml /opt/tabbyapi/x")
     assert denied.rc != 0
@@ -141,16 +143,83 @@ def test_stop_stays_stopped_and_a_crash_restarts(host):
     assert p["ActiveState"] == "active" and p["MainPID"] != pid
 
 
-def test_check_diff_changes_nothing_and_shows_no_key():
+def converge(*args):
+    """ansible-playbook converge.yml with extra arguments; returns (rc, output, changed, failed)."""
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
-    scenario = env["MOLECULE_SCENARIO_DIRECTORY"]
     run = subprocess.run(
-        ["ansible-playbook", "-i", env["MOLECULE_INVENTORY_FILE"], "--check", "--diff", "-v",
-         os.path.join(scenario, "converge.yml")],
-        env=env, capture_output=True, text=True, timeout=300, check=False)
+        ["ansible-playbook", "-i", env["MOLECULE_INVENTORY_FILE"], *args,
+         os.path.join(env["MOLECULE_SCENARIO_DIRECTORY"], "converge.yml")],
+        env=env, capture_output=True, text=True, timeout=600, check=False)
     output = run.stdout + run.stderr
-    assert run.returncode == 0, output
     recap = re.search(r"gpufleet-tabbyapi\s*:.*changed=(\d+).*failed=(\d+)", output)
-    assert recap and recap.groups() == ("0", "0"), output
+    assert recap, output
+    return run.returncode, output, int(recap.group(1)), int(recap.group(2))
+
+
+def test_check_diff_changes_nothing_and_shows_no_key():
+    rc, output, changed, failed = converge("--check", "--diff", "-v")
+    assert rc == 0, output
+    assert (changed, failed) == (0, 0), output
     for key in KEYS:
         assert key not in output
+
+
+def test_pip_used_the_https_index_and_its_ca(host):
+    index = host.check_output("find /srv/pypi-index -name '*.whl' -printf '%P\\n'").split()
+    pyyaml = [w for w in index if w.startswith("simple/pyyaml/")]
+    setuptools = [w for w in index if w.startswith("extra/simple/setuptools/")]
+    assert len(pyyaml) == 1 and len(setuptools) == 1, index
+    # The index server's log: pip asked the index for PyYAML, the extra index for setuptools (the
+    # build backend), and downloaded both wheels from them.
+    log = host.check_output("journalctl --no-pager -o cat -u gpufleet-test-index.service")
+    for path in ("/simple/pyyaml/", "/" + pyyaml[0], "/extra/simple/setuptools/", "/" + setuptools[0]):
+        assert re.search(r'"GET %s HTTP/1\.1" 200 ' % re.escape(path), log), (path, log)
+    # The venv holds exactly that PyYAML.
+    installed = host.check_output("/opt/tabbyapi-venv/bin/python -c 'import yaml; print(yaml.__version__)'")
+    assert pyyaml[0].split("/")[-1].startswith("PyYAML-%s-" % installed.strip()) or \
+        pyyaml[0].split("/")[-1].startswith("pyyaml-%s-" % installed.strip()), (installed, pyyaml)
+    # The index's certificate is trusted only through tabbyapi_pip_cert: pip without the venv's
+    # pip.conf (PIP_CONFIG_FILE=/dev/null loads no config file) refuses the index.
+    untrusted = host.run("PIP_CONFIG_FILE=/dev/null /opt/tabbyapi-venv/bin/python -m pip download --no-deps --retries 0 "
+                         "--index-url https://127.0.0.1:8443/simple/ -d /tmp/untrusted-probe PyYAML")
+    assert untrusted.rc != 0 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stdout + untrusted.stderr, \
+        untrusted.stdout + untrusted.stderr
+
+
+def checkout(host):
+    head = host.check_output("git -C /opt/tabbyapi rev-parse HEAD")
+    return head, host.check_output("cat /opt/tabbyapi/VERSION")
+
+
+def model_answer(host, key):
+    probe = ("import urllib.request, urllib.error\n"
+             "req = urllib.request.Request('http://127.0.0.1:5000/v1/model', headers={'x-api-key': '%s'})\n"
+             "try:\n    print(urllib.request.urlopen(req, timeout=10).status)\n"
+             "except urllib.error.HTTPError as e:\n    print(e.code)\n") % key
+    return host.check_output("python3 -c \"%s\"" % probe).strip()
+
+
+def test_git_repository_and_version_are_honoured(host):
+    """Default exl2-checkpoint; another tag or branch updates the checkout (and the code that runs)."""
+    refs = {ref: host.check_output("git --git-dir=/srv/git/tabbyAPI.git rev-parse %s^{commit}" % ref)
+            for ref in ("exl2-checkpoint", "v0.0.1", "main")}
+    assert len(set(refs.values())) == 3, refs
+    assert host.check_output("git -C /opt/tabbyapi remote get-url origin") == "file:///srv/git/tabbyAPI.git"
+    assert checkout(host) == (refs["exl2-checkpoint"], "exl2-checkpoint")
+    assert model_answer(host, PREVIOUS_KEY) == "401"  # exl2-checkpoint: one key only
+    try:
+        rc, output, changed, _failed = converge("-e", "tabbyapi_git_version=v0.0.1")
+        assert rc == 0 and changed > 0, output
+        assert checkout(host) == (refs["v0.0.1"], "exl2-checkpoint")
+        rc, output, changed, _failed = converge("-e", "tabbyapi_git_version=main")
+        assert rc == 0 and changed > 0, output
+        # main: the double now runs as TabbyAPI's main branch and the role wrote a key list.
+        assert checkout(host) == (refs["main"], "main")
+        assert "\"%s\"" % PREVIOUS_KEY in host.check_output("cat /opt/tabbyapi/api_tokens.yml")
+        assert model_answer(host, PREVIOUS_KEY) == "200"
+        assert model_answer(host, API_KEY) == "200"
+    finally:
+        rc, output, _changed, _failed = converge()
+        assert rc == 0, output
+    assert checkout(host) == (refs["exl2-checkpoint"], "exl2-checkpoint")
+    assert model_answer(host, PREVIOUS_KEY) == "401"
