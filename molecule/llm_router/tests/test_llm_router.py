@@ -124,7 +124,7 @@ def test_router_runs_hardened_as_llm_router_on_port_4000(host):
     assert p.get("EnvironmentFiles", "") == "" and p["RuntimeDirectory"] == "llm-router"
     assert "router.py --config /etc/llm-router/router.yml --reload" in p["ExecReload"]
     assert host.check_output("stat -c '%U:%G %a %F' /run/llm-router/admin.sock").strip() == \
-        "llm-router:llm-router 750 socket"
+        "llm-router:llm-router 700 socket"
     status = host.check_output("cat /proc/%s/status" % p["MainPID"])
     uid = host.check_output("id -u llm-router").strip()
     assert re.search(r"^Uid:\s+%s\s+%s\s" % (uid, uid), status, re.M) and re.search(r"^NoNewPrivs:\s+1$", status, re.M)
