@@ -35,10 +35,14 @@ def router_serves(host, model='tiny'):
 
 
 def gate_elapsed(output):
-    """Seconds the readiness gate (gpufleet.llm.wait_for_backend) itself waited, from its -vvv result."""
+    """Seconds the readiness gate (gpufleet.llm.wait_for_backend) itself waited, from its -vvv result.
+
+    A run may gate twice (the planned restart's gate, then the role's final one, which finds the
+    backend ready at once) and other tasks report an "elapsed" too (uri: the router's drain and
+    resume, a fraction of a second): the longest wait is the gate that met the fault."""
     found = re.findall(r'"elapsed": ([0-9.]+)', output)
     assert found, 'no wait_for_backend result in the output'
-    return float(found[-1])
+    return max(float(f) for f in found)
 
 
 def tabby_run(host, label, **overrides):
@@ -125,8 +129,9 @@ def test_a_rerun_after_the_start_limit_starts_the_unit_again(host):
     operator's restarts) is failed with start-limit-hit, and systemd refuses every start for 300 s. The
     next run (the fault repaired) clears it with reset-failed before it starts the unit, and converges."""
     for _attempt in range(12):
+        # A start that fails otherwise (a start job timing out on a busy host) counts towards the limit too.
         refused = host.sh('systemctl restart tabbyapi.service', check=False)
-        if refused.returncode != 0:
+        if refused.returncode != 0 and re.search('too often|too quickly', refused.stderr):
             break
     assert refused.returncode != 0 and re.search('too often|too quickly', refused.stderr), refused.stderr
     props = host.sh('systemctl show -p ActiveState -p Result tabbyapi.service').stdout
