@@ -148,6 +148,17 @@ def assert_router_rotation_finished(host, store, before_version, old_keys, resum
     host.keys['llm_router_client_api_keys'] = list(new)  # what the suite's later site.yml runs deploy
 
 
+def assert_stopped_before_any_host(host, store, output, took, before, env_before, old_keys):
+    """A store fault before the roll: it failed promptly, no pass ran, the store and the router's key
+    file are as they were, the router still takes the old key, and no key is lost."""
+    assert 'PLAY [Grace pass' not in output
+    assert took < PROMPT, '%.0f s' % took
+    assert store.versions() == before and not store.read('router')[0].get('rotation_pending')
+    assert file_digest(host, '/etc/llm-router/env') == env_before
+    assert router_answers(host, old_keys[0]) == 200
+    assert_nothing_lost(host, store)
+
+
 def test_openbao_down_before_anything_is_stored(host, store):
     old = list(host.keys['llm_router_client_api_keys'])
     before, env_before = store.versions(), file_digest(host, '/etc/llm-router/env')
@@ -156,12 +167,7 @@ def test_openbao_down_before_anything_is_stored(host, store):
     assert rc != 0
     assert re.search(r'Could not read secret/%s/tabbyapi, .*router from %s: .*(refused|Connection)'
                      % (KV_PATH, re.escape(store.cut.url)), output), output[-3000:]
-    assert 'PLAY [Grace pass' not in output
-    assert took < PROMPT, '%.0f s' % took
-    assert store.versions() == before and not store.read('router')[0].get('rotation_pending')
-    assert file_digest(host, '/etc/llm-router/env') == env_before
-    assert router_answers(host, old[0]) == 200
-    assert_nothing_lost(host, store)
+    assert_stopped_before_any_host(host, store, output, took, before, env_before, old)
 
     store.cut.open()                                                  # repaired
     rc, output, _ign = rotate(host, store, 'rotate-bao-back', ['router'])
@@ -178,12 +184,7 @@ def test_openbao_lost_at_the_first_write(host, store):
     assert re.search(r'Could not store the new keys of router: writing secret/%s/router to %s failed: .*'
                      r'No host has been given a new key yet' % (KV_PATH, re.escape(store.cut.url)), output), output[-3000:]
     assert store.cut.writes == 1 and not store.cut.is_open
-    assert 'PLAY [Grace pass' not in output
-    assert took < PROMPT, '%.0f s' % took
-    assert store.versions() == before and not store.read('router')[0].get('rotation_pending')
-    assert file_digest(host, '/etc/llm-router/env') == env_before
-    assert router_answers(host, old[0]) == 200
-    assert_nothing_lost(host, store)
+    assert_stopped_before_any_host(host, store, output, took, before, env_before, old)
 
     store.cut.open()
     rc, output, _ign = rotate(host, store, 'rotate-bao-back-2', ['router'])
