@@ -1,24 +1,9 @@
-"""Reach the test host with podman directly and print the journal when a check fails.
+"""The test host, reached with podman directly; its journal is printed when a check fails."""
+import os
+import sys
 
-Molecule's testinfra verifier would reach the host through Ansible, which costs seconds per command;
-podman exec costs a fraction of that, so the checks stay cheap.
-"""
-import pytest
-import testinfra
+sys.path.insert(0, os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "tests", "support"))
+from molecule_hosts import host_fixture, journal_on_failure  # noqa: E402
 
-CONTAINER = "gpufleet-sglang"
-UNITS = "'sglang@*'"
-
-
-@pytest.fixture(scope="module")
-def host():
-    return testinfra.get_host("podman://" + CONTAINER)
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    report = outcome.get_result()
-    if report.when == "call" and report.failed:
-        journal = testinfra.get_host("podman://" + CONTAINER).run("journalctl --no-pager -n 60 -u %s" % UNITS)
-        report.sections.append(("journal of %s" % UNITS, journal.stdout + journal.stderr))
+host = host_fixture("gpufleet-sglang")
+pytest_runtest_makereport = journal_on_failure(["gpufleet-sglang"], ["sglang@*"])
