@@ -387,6 +387,7 @@ class Answer:
     def __init__(self, pool, conn, status, headers, timeout):
         self.pool, self.conn, self.status, self.headers, self.timeout = pool, conn, status, headers, timeout
         self.done = False
+        self.last = False              # the piece chunks() yields now is the last one
         te = headers.get('transfer-encoding', '').lower()
         if status in _NO_BODY or 100 <= status < 200:
             self.length, self.chunked = 0, False
@@ -412,21 +413,13 @@ class Answer:
             return await coro
 
     async def chunks(self):
-        """Yield the body as it arrives (chunk framing removed); return the connection to the pool."""
+        """Yield the body as it arrives (chunk framing removed); return the connection to the pool.
+        Chunks that arrived together come out as one piece (``last`` is set before the final one)."""
         reader = self.conn[0]
         try:
             if self.chunked:
-                while True:
-                    line = await self._read(reader.readuntil(b'\r\n'))
-                    size = int(line.split(b';', 1)[0].strip(), 16)
-                    if size == 0:
-                        while await self._read(reader.readuntil(b'\r\n')) != b'\r\n':
-                            pass                                   # trailers: dropped
-                        break
-                    data = await self._read(reader.readexactly(size + 2))
-                    if data[-2:] != b'\r\n':
-                        raise UpstreamError('bad chunk framing')
-                    yield data[:-2]
+                async for data in self._dechunk(reader):
+                    yield data
             elif self.length is not None:
                 left = self.length
                 while left:
@@ -434,6 +427,7 @@ class Answer:
                     if not data:
                         raise UpstreamError('connection closed %d bytes before the end of the body' % left)
                     left -= len(data)
+                    self.last = not left
                     yield data
             else:
                 while data := await self._read(reader.read(1 << 20)):
@@ -444,6 +438,51 @@ class Answer:
             raise UpstreamError('no data for %g s' % self.timeout) from None
         self.done = True
         self.release()
+
+    async def _dechunk(self, reader):
+        """Chunked transfer-encoding (RFC 9112 section 7.1): ``SIZE[;ext]CRLF DATA CRLF`` ... then
+        ``0[;ext]CRLF``, trailer lines (dropped) and an empty line. Whatever has arrived is parsed
+        at once, so chunks that came in one read are yielded as one piece."""
+        buf = bytearray()
+        while True:
+            out, pos, end = [], 0, False
+            while True:
+                eol = buf.find(b'\r\n', pos)
+                if eol < 0:
+                    if len(buf) - pos > _MAX_HEAD:
+                        raise UpstreamError('chunk size line too long')
+                    break
+                size = int(bytes(buf[pos:eol]).split(b';', 1)[0].strip(), 16)
+                if size < 0:
+                    raise UpstreamError('bad chunk framing')
+                if size == 0:              # last chunk: trailers (dropped) up to an empty line
+                    tail = buf.find(b'\r\n\r\n', eol)
+                    if tail < 0:
+                        if len(buf) - eol > _MAX_HEAD:
+                            raise UpstreamError('trailers too long')
+                        break
+                    pos, end = tail + 4, True
+                    break
+                start, stop = eol + 2, eol + 2 + size
+                if len(buf) < stop + 2:
+                    break
+                if buf[stop:stop + 2] != b'\r\n':
+                    raise UpstreamError('bad chunk framing')
+                out.append(bytes(buf[start:stop]))
+                pos = stop + 2
+            del buf[:pos]
+            if end:
+                if buf:                    # bytes after the answer: the connection cannot be reused
+                    self.reusable = False
+                self.last = True
+            if out:
+                yield out[0] if len(out) == 1 else b''.join(out)
+            if end:
+                return
+            data = await self._read(reader.read(1 << 20))
+            if not data:
+                raise UpstreamError('connection closed before the end of the chunked body')
+            buf += data
 
     async def read(self):
         return b''.join([c async for c in self.chunks()])
@@ -917,8 +956,12 @@ async def relay(app, req, model, body):
             return answer.status, Reply(answer.status, await answer.read(), ctype)
         stream = req.conn.stream(req, answer.status, ctype)
         async for chunk in answer.chunks():
-            await stream.write(chunk)
-        stream.end()
+            if answer.last:
+                stream.end(chunk)
+            else:
+                await stream.write(chunk)
+        if not req.conn.answered:
+            stream.end()
         return answer.status, None
     except UpstreamError as e:
         why = 'backend %s (%s) failed during the request: %s' % (b.name, b.url, e)
@@ -1187,26 +1230,28 @@ class Stream:
                               b'Transfer-Encoding: chunked\r\n' if self.chunked else b'')
         self.started = False
 
-    async def write(self, data):
-        if not data:
-            return
-        conn = self.conn
-        if conn.closed:
-            raise ConnectionResetError('client gone')
-        if self.chunked:
+    def _frame(self, data):
+        if self.chunked and data:
             data = b'%x\r\n%s\r\n' % (len(data), data)
         if not self.started:
             data, self.started = self.head + data, True
-        conn.transport.write(data)
+        return data
+
+    async def write(self, data):
+        """Relay one piece now; wait while the client's transport buffer is over its high-water mark."""
+        conn = self.conn
+        if conn.closed:
+            raise ConnectionResetError('client gone')
+        if data:
+            conn.transport.write(self._frame(data))
         if conn.paused:
             await conn.drain()
 
-    def end(self):
-        tail = b'0\r\n\r\n' if self.chunked else b''
-        if not self.started:
-            tail, self.started = self.head + tail, True
+    def end(self, data=b''):
+        """The last piece (possibly empty) and the end of the answer, in one write."""
+        data = self._frame(data) + (b'0\r\n\r\n' if self.chunked else b'')
         if not self.conn.closed:
-            self.conn.transport.write(tail)
+            self.conn.transport.write(data)
         self.conn.answered = True
 
 
