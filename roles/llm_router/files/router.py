@@ -1140,8 +1140,8 @@ def request_reload(config_path):
 # * Any framing error is a 400 with "Connection: close", after the answers to the requests that
 #   came before it on the connection; nothing of the request is logged (it may hold a key).
 # * Sequencing: one request at a time per connection. Pipelined requests are parsed as they arrive
-#   and queued (at most 8; reading pauses beyond that); each is answered only after the one before
-#   it, so answers go out in request order.
+#   and queued (reading pauses once 2 wait, so at most a few bodies are held); each is answered
+#   only after the one before it, so answers go out in request order.
 # * Answers: with Content-Length, head and body in one write; streams (event-stream, or any answer
 #   without Content-Length from the backend) with chunked transfer-encoding, one write per chunk as
 #   it arrives (the head goes out with the first chunk); HTTP/1.0 clients get the stream until close.
@@ -1156,7 +1156,7 @@ def request_reload(config_path):
 MAX_BODY = 256 * 1024 * 1024
 MAX_HEAD = 64 * 1024
 MAX_HEADER_LINES = 100
-MAX_QUEUED = 8
+MAX_QUEUED = 2
 IDLE_TIMEOUT = 75.0
 _TARGET_RE = re.compile(rb'/[!-~]*\Z')
 _REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
@@ -1418,7 +1418,7 @@ class Connection(asyncio.Protocol):
                 if not self.queue:
                     return
                 req = self.queue.popleft()
-                if self.reading_paused and len(self.queue) < MAX_QUEUED // 2 and self.parser is not None:
+                if self.reading_paused and not self.queue and self.parser is not None:
                     self.reading_paused = False
                     self.transport.resume_reading()
         finally:
