@@ -1151,7 +1151,9 @@ def request_reload(config_path):
 #   any other expectation is a 417 that does not echo the value.
 # * A client that disconnects cancels the task serving its request: relay() then closes the
 #   upstream connection, so the backend sees the disconnect too.
-# * Keep-alive connections idle for 75 s are closed; HEAD is answered for the GET endpoints.
+# * A connection that sends nothing for 75 s while no answer is being prepared for it (an idle
+#   keep-alive connection, or a client stuck in the middle of its request) is closed.
+# * HEAD is answered for the GET endpoints; unknown paths get 404, other methods 405 (with Allow).
 
 MAX_BODY = 256 * 1024 * 1024
 MAX_HEAD = 64 * 1024
@@ -1310,6 +1312,7 @@ class Connection(asyncio.Protocol):
     def data_received(self, data):
         if self.parser is None:
             return                       # after a refused request: the rest is not read
+        self.last_active = time.monotonic()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as e:
@@ -1336,7 +1339,6 @@ class Connection(asyncio.Protocol):
 
     def on_message_begin(self):
         self.req = Request(self)
-        self.last_active = time.monotonic()
 
     def on_url(self, url):
         req = self.req
@@ -1498,10 +1500,11 @@ class App:
             req.keep_alive = False
 
     def sweep(self):
-        """Close keep-alive connections idle for IDLE_TIMEOUT."""
+        """Close connections that sent nothing for IDLE_TIMEOUT while not being answered: idle
+        keep-alive connections, and clients that stopped in the middle of a request."""
         limit = time.monotonic() - IDLE_TIMEOUT
         for conn in list(self.connections):
-            if conn.task is None and conn.req is None and conn.last_active < limit:
+            if conn.task is None and conn.last_active < limit:
                 conn.transport.close()
 
 
