@@ -1210,7 +1210,7 @@ class Request:
         self.conn = conn
         self.method = self.path = self.query = ''
         self.target = b''
-        self.headers = {}                # lower-case name -> first value (str; bytes that are not UTF-8 kept as surrogates)
+        self.headers = {}                # lower-case name -> first value (non-UTF-8 bytes as surrogates)
         self.body = b''
         self.parts = []
         self.size = 0
@@ -1316,8 +1316,11 @@ class Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as e:
-            cause = e.__context__
-            self._refuse(cause.status, cause.message) if isinstance(cause, Refused) else self._refuse(400, 'Bad request')
+            cause = e.__context__        # what the callback raised
+            if isinstance(cause, Refused):
+                self._refuse(cause.status, cause.message)
+            else:
+                self._refuse(400, 'Bad request')
         except httptools.HttpParserUpgrade:
             if self.req is not None:     # CONNECT and friends, never complete
                 self._refuse(400, 'Bad request')

@@ -88,7 +88,8 @@ def post(body, path='/v1/chat/completions', extra=b''):
 
 @pytest.mark.parametrize('raw', [
     b'GET /health HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n',
-    b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n',
+    b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n'
+    b'Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n',
     b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n',
     b'CONNECT example.org:443 HTTP/1.1\r\nHost: x\r\n\r\n',
     b'GET http://example.org/health HTTP/1.1\r\nHost: x\r\n\r\n',
@@ -156,8 +157,8 @@ def test_expect_100_continue_and_other_expectations(stack):
     r = stack[1]
     body = chat('s1')
     with connect(r) as s:
-        s.sendall(b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n%sExpect: 100-continue\r\nContent-Length: %d\r\n\r\n'
-                  % (KEY, len(body)))
+        s.sendall(b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n%sExpect: 100-continue\r\n'
+                  b'Content-Length: %d\r\n\r\n' % (KEY, len(body)))
         reader = Reader(s)
         assert reader.answer(head_only=True)[0] == 100   # before the body was sent
         s.sendall(body)
