@@ -1144,7 +1144,8 @@ def request_reload(config_path):
 #   only after the one before it, so answers go out in request order.
 # * Answers: with Content-Length, head and body in one write; streams (event-stream, or any answer
 #   without Content-Length from the backend) with chunked transfer-encoding, one write per chunk as
-#   it arrives (the head goes out with the first chunk); HTTP/1.0 clients get the stream until close.
+#   it arrives (pieces that arrived together in one write; the head goes out at once, or together
+#   with the first chunk if that had already arrived); HTTP/1.0 clients get the stream until close.
 #   When the client reads slowly the transport's buffer fills, pause_writing() is called, and the
 #   relay waits for resume_writing() before the next chunk: memory stays bounded.
 # * Expect: 100-continue is answered before the body is read (when the request is next in line);
@@ -1231,6 +1232,14 @@ class Stream:
         self.head = conn.head(req, status, ctype,
                               b'Transfer-Encoding: chunked\r\n' if self.chunked else b'')
         self.started = False
+        # The head goes out with the first chunk if that has already arrived (the relay reaches
+        # write() before the loop turns), else on its own at the next turn of the loop.
+        asyncio.get_running_loop().call_soon(self._flush_head)
+
+    def _flush_head(self):
+        if not self.started and not self.conn.closed:
+            self.started = True
+            self.conn.transport.write(self.head)
 
     def _frame(self, data):
         if self.chunked and data:
