@@ -1448,15 +1448,16 @@ class Connection(asyncio.Protocol):
             b'' if req.keep_alive else b'Connection: close\r\n')
 
     def send(self, req, reply):
-        """A whole answer in one write."""
-        extra = b'Content-Length: %d\r\n' % len(reply.body)
+        """A whole answer in one write (204 and 304 carry neither body nor Content-Length)."""
+        body = reply.body if reply.status not in _NO_BODY else b''
+        extra = b'Content-Length: %d\r\n' % len(body) if reply.status not in _NO_BODY else b''
         for name, value in reply.headers:
             extra += b'%s: %s\r\n' % (name.encode('latin-1'), value.encode('latin-1'))
         if req.http10 and req.keep_alive:
             extra += b'Connection: keep-alive\r\n'
         head = self.head(req, reply.status, reply.ctype, extra)
         if not self.closed:
-            self.transport.write(head if req.method == 'HEAD' else head + reply.body)
+            self.transport.write(head if req.method == 'HEAD' else head + body)
         self.answered = True
 
     def stream(self, req, status, ctype):
