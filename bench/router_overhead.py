@@ -12,6 +12,11 @@ The load generator is a raw keep-alive HTTP/1.1 client on asyncio streams (conte
 chunked answers), so the client's own cost stays small and identical for both targets.
 
     .venv/bin/python bench/router_overhead.py [--rounds 5] [--requests 300] [--chunk-delay 0]
+    .venv/bin/python bench/router_overhead.py --router-b /tmp/router_old.py   # A/B: two routers, one run
+
+With ``--router-b`` a second router (another version of router.py, same config, own port) sits in
+front of the same backend and is measured in the same rounds, interleaved with the first (the order
+of direct / A / B rotates every round): on a shared machine only such same-run pairs compare.
 
 Noise floor on the reference machine (docs/performance.md): ~0.06 ms at C=1, ~1.4 ms at C=16.
 """
@@ -122,62 +127,82 @@ def main():
     ap.add_argument('--requests', type=int, default=300, help='requests per case per target per round')
     ap.add_argument('--chunk-delay', type=float, default=0.0, help='backend pacing between stream chunks (s)')
     ap.add_argument('--chunks', type=int, default=8)
+    ap.add_argument('--router', default=str(ROOT / 'roles/llm_router/files/router.py'),
+                    help='router.py to measure (A); default: this checkout\'s')
+    ap.add_argument('--router-b', help='a second router.py (B), measured interleaved with A in the same rounds')
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix='router-bench-'))
-    bport, rport = free_port(), free_port()
+    bport = free_port()
     backend = subprocess.Popen([sys.executable, str(ROOT / 'tests/doubles/openai_backend.py'), '--port', str(bport),
                                 '--api-key', BACKEND_KEY, '--models', 'm1', '--chunks', str(args.chunks),
                                 '--chunk-delay', str(args.chunk_delay)], stderr=subprocess.DEVNULL)
-    (tmp / 'router.yml').write_text(json.dumps({
-        'listen': {'host': '127.0.0.1', 'port': rport}, 'log_level': 'WARNING',
-        'backends': {'b': {'kind': 'openai', 'url': 'http://127.0.0.1:%d' % bport, 'key_env': 'BENCH_BACKEND_KEY'}},
-        'models': {'m1': {'backend': 'b'}}}))
     env = dict(os.environ, PYTHONPATH=str(ROOT / 'plugins/module_utils'), LLM_ROUTER_CLIENT_API_KEYS=CLIENT_KEY,
                BENCH_BACKEND_KEY=BACKEND_KEY)
-    router = subprocess.Popen([sys.executable, str(ROOT / 'roles/llm_router/files/router.py'), '--config',
-                               str(tmp / 'router.yml')], env=env, stderr=open(tmp / 'router.log', 'wb'))
+    routers = {}                                       # label -> (process, port)
+    for label, path in (('router', args.router), ('router B', args.router_b)):
+        if path is None:
+            continue
+        rport = free_port()
+        conf = tmp / ('router-%d.yml' % rport)
+        conf.write_text(json.dumps({
+            'listen': {'host': '127.0.0.1', 'port': rport}, 'log_level': 'WARNING',
+            'backends': {'b': {'kind': 'openai', 'url': 'http://127.0.0.1:%d' % bport, 'key_env': 'BENCH_BACKEND_KEY'}},
+            'models': {'m1': {'backend': 'b'}}}))
+        routers[label] = (subprocess.Popen([sys.executable, path, '--config', str(conf)], env=env,
+                                           stderr=open(tmp / ('router-%d.log' % rport), 'wb')), rport)
+    labels = list(routers)
     try:
         wait_port(bport, backend)
-        wait_port(rport, router)
+        for proc, rport in routers.values():
+            wait_port(rport, proc)
         bodies = {m: json.dumps({'model': 'm1', 'stream': m == 'stream',
                                  'messages': [{'role': 'user', 'content': 'Say hello in three languages.'}]}).encode()
                   for m in ('non-stream', 'stream')}
         cases = [(m, c) for m in ('non-stream', 'stream') for c in (1, 16)]
-        samples = {(m, c, t): [] for m, c in cases for t in ('direct', 'router')}
-        cpu = {c: [0.0, 0] for c in (1, 16)}
+        targets = ['direct'] + labels
+        samples = {(m, c, t): [] for m, c in cases for t in targets}
+        cpu = {(t, c): [0.0, 0] for t in labels for c in (1, 16)}
         for rnd in range(args.rounds):
             for m, c in cases:
-                order = ('direct', 'router') if rnd % 2 == 0 else ('router', 'direct')
-                for target in order:
-                    port, key = (bport, BACKEND_KEY) if target == 'direct' else (rport, CLIENT_KEY)
-                    c0 = cpu_seconds(router.pid)
+                shift = rnd % len(targets)
+                for target in targets[shift:] + targets[:shift]:
+                    if target == 'direct':
+                        port, key, pid = bport, BACKEND_KEY, None
+                    else:
+                        port, key, pid = routers[target][1], CLIENT_KEY, routers[target][0].pid
+                    c0 = cpu_seconds(pid) if pid else 0.0
                     res = asyncio.run(run_case(port, key, bodies[m], c, args.requests))
-                    if target == 'router':
-                        cpu[c][0] += cpu_seconds(router.pid) - c0
-                        cpu[c][1] += len(res) + c      # + warm-up requests
+                    if pid:
+                        cpu[(target, c)][0] += cpu_seconds(pid) - c0
+                        cpu[(target, c)][1] += len(res) + c      # + warm-up requests
                     samples[(m, c, target)].extend(res)
             print('round %d/%d done' % (rnd + 1, args.rounds), file=sys.stderr)
     finally:
-        for p in (router, backend):
+        for p in [r[0] for r in routers.values()] + [backend]:
             p.send_signal(signal.SIGTERM)
             p.wait(15)
 
     print('\nrouter overhead, loopback, %d rounds x %d requests per case and target, chunk delay %g s, %d chunks'
           % (args.rounds, args.requests, args.chunk_delay, args.chunks))
-    print('%-10s %3s %-6s | %9s %9s %9s | %9s %9s %9s' % ('mode', 'C', 'metric', 'direct p50', 'router p50',
-                                                          'added p50', 'direct p99', 'router p99', 'added p99'))
-    for m, c in cases:
-        metrics = [('total', 1)] + ([('ttfb', 0)] if m == 'stream' else [])
-        for name, idx in metrics:
-            d = [s[idx] for s in samples[(m, c, 'direct')]]
-            r = [s[idx] for s in samples[(m, c, 'router')]]
-            d50, r50, d99, r99 = pct(d, 50), pct(r, 50), pct(d, 99), pct(r, 99)
-            print('%-10s %3d %-6s | %9.3f %9.3f %+9.3f | %9.3f %9.3f %+9.3f' % (
-                m, c, name, d50, r50, r50 - d50, d99, r99, r99 - d99))
-    for c in (1, 16):
-        print('router CPU per request at C=%d: %.3f ms (over %d requests, all modes)'
-              % (c, cpu[c][0] / cpu[c][1] * 1000, cpu[c][1]))
+    for label in labels:
+        print('%-8s = %s' % (label, args.router if label == 'router' else args.router_b))
+    print('load average: %s' % ' '.join(Path('/proc/loadavg').read_text().split()[:3]))
+    for label in labels:
+        print('%s\n%-10s %3s %-6s | %9s %9s %9s | %9s %9s %9s' % (
+            '' if label == 'router' else '\n' + label + ':', 'mode', 'C', 'metric', 'direct p50', 'router p50',
+            'added p50', 'direct p99', 'router p99', 'added p99'))
+        for m, c in cases:
+            metrics = [('total', 1)] + ([('ttfb', 0)] if m == 'stream' else [])
+            for name, idx in metrics:
+                d = [s[idx] for s in samples[(m, c, 'direct')]]
+                r = [s[idx] for s in samples[(m, c, label)]]
+                d50, r50, d99, r99 = pct(d, 50), pct(r, 50), pct(d, 99), pct(r, 99)
+                print('%-10s %3d %-6s | %9.3f %9.3f %+9.3f | %9.3f %9.3f %+9.3f' % (
+                    m, c, name, d50, r50, r50 - d50, d99, r99, r99 - d99))
+        for c in (1, 16):
+            print('router CPU per request at C=%d: %.3f ms (over %d requests, all modes)'
+                  % (c, cpu[(label, c)][0] / cpu[(label, c)][1] * 1000, cpu[(label, c)][1]))
     print('noise floor here (docs/performance.md): ~0.06 ms at C=1, ~1.4 ms at C=16 (p99 +/- 3.5 ms)')
 
 

@@ -22,8 +22,9 @@ ROOT = Path(__file__).resolve().parents[3]
 IMAGE = os.environ.get('GPUFLEET_HOST_IMAGE', 'localhost/gpufleet-host:bookworm')
 ENV = dict(os.environ, CONTAINERS_CONF=os.environ.get('CONTAINERS_CONF', str(ROOT / 'tests/hosts/containers.conf')))
 SITE = Path(__import__('aiohttp').__file__).resolve().parents[1]
+# router.py needs httptools, yaml and uvloop (roles/llm_router/files/requirements.txt); the rest is the doubles' aiohttp.
 DEPS = ('aiohttp', 'aiohappyeyeballs', 'aiosignal', 'attr', 'attrs', 'frozenlist', 'multidict', 'propcache',
-        'yarl', 'idna', 'yaml', 'typing_extensions.py', 'uvloop')
+        'yarl', 'idna', 'yaml', 'typing_extensions.py', 'uvloop', 'httptools')
 CLIENT_KEY, SG_KEY, TABBY_KEY = 'ck-systemd-51c0e2', 'sg-systemd-77ab01', 'tabby-admin-systemd-0f9e3d'
 MANAGED = ['dbl-sg.service', 'dbl-tabby.service', 'dbl-broken.service']
 

@@ -130,7 +130,7 @@ def test_router_refuses_to_start_on_bad_config_and_never_prints_a_key(tmp_path):
 
 
 class Headers(dict):
-    """Case-insensitive enough for presented_key (aiohttp's CIMultiDict in the real router)."""
+    """Case-insensitive enough for presented_key (the real router passes a dict of lower-case names)."""
 
     def get(self, key, default=None):
         for k, v in self.items():

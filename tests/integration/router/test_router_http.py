@@ -1,0 +1,224 @@
+# Copyright (c) 2026, gpufleet.llm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""router.py's own HTTP/1.1 server, over raw sockets on loopback: framing of what clients send
+(chunked bodies, pipelining, malformed requests, limits, Expect), HEAD, 405, and backpressure
+towards a client that reads slowly."""
+
+import hashlib
+import json
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from router_helpers import AUTH, CLIENT_KEY, SGLANG_KEY, chat
+
+KEY = b'Authorization: Bearer ' + CLIENT_KEY.encode() + b'\r\n'
+
+
+@pytest.fixture
+def stack(procs):
+    double, router = procs
+    sg = double('openai', api_keys=[SGLANG_KEY], models='s1')
+    r = router({'backends': {'sg': {'kind': 'sglang', 'url': sg.url, 'key_env': 'SGLANG_KEY'}},
+                'models': {'s1': {'backend': 'sg'}}})
+    assert httpx.post(r.url + '/v1/chat/completions', content=chat('s1'), headers=AUTH).status_code == 200
+    return sg, r
+
+
+class Reader:
+    """Reads HTTP/1.1 answers (Content-Length or chunked) one after the other from a socket."""
+
+    def __init__(self, sock):
+        self.sock, self.buf = sock, b''
+
+    def _fill(self):
+        data = self.sock.recv(65536)
+        if not data:
+            raise EOFError('connection closed')
+        self.buf += data
+
+    def _until(self, sep):
+        while sep not in self.buf:
+            self._fill()
+        line, dummy, self.buf = self.buf.partition(sep)
+        return line
+
+    def _exactly(self, n):
+        while len(self.buf) < n:
+            self._fill()
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
+    def answer(self, head_only=False):
+        """(status, headers with lower-case names, body)."""
+        head = self._until(b'\r\n\r\n').decode('latin-1').split('\r\n')
+        headers = dict((k.lower(), v.strip()) for k, dummy, v in (h.partition(':') for h in head[1:]))
+        if head_only:
+            return int(head[0].split()[1]), headers, b''
+        if headers.get('transfer-encoding') == 'chunked':
+            body = b''
+            while (size := int(self._until(b'\r\n').split(b';')[0], 16)):
+                body += self._exactly(size)
+                self._exactly(2)
+            self._until(b'\r\n')
+        else:
+            body = self._exactly(int(headers['content-length']))
+        return int(head[0].split()[1]), headers, body
+
+    def closed(self, timeout=5):
+        """True when the router closes the connection (nothing more arrives) within timeout."""
+        self.sock.settimeout(timeout)
+        try:
+            return not self.buf and self.sock.recv(65536) == b''
+        except OSError:
+            return True
+
+
+def connect(r):
+    return socket.create_connection(('127.0.0.1', r.port), timeout=15)
+
+
+def post(body, path='/v1/chat/completions', extra=b''):
+    return (b'POST %s HTTP/1.1\r\nHost: x\r\n%sContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n%s'
+            % (path.encode(), KEY, len(body), extra, body))
+
+
+@pytest.mark.parametrize('raw', [
+    b'GET /health HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n',
+    b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n'
+    b'Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n',
+    b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n',
+    b'CONNECT example.org:443 HTTP/1.1\r\nHost: x\r\n\r\n',
+    b'GET http://example.org/health HTTP/1.1\r\nHost: x\r\n\r\n',
+], ids=['bad-header-name', 'length-and-chunked', 'bad-chunk-size', 'connect', 'absolute-form'])
+def test_malformed_request_gets_400_and_the_connection_is_closed(stack, raw):
+    r = stack[1]
+    with connect(r) as s:
+        s.sendall(raw)
+        reader = Reader(s)
+        status, headers, body = reader.answer()
+        assert status == 400 and headers['connection'] == 'close'
+        assert json.loads(body)['error']['type'] == 'invalid_request_error'
+        assert reader.closed()
+    assert 'Traceback' not in r.log()
+
+
+def test_limits_answered_before_the_body_is_read(stack):
+    r = stack[1]
+    with connect(r) as s:
+        s.sendall(b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n%sContent-Length: %d\r\n\r\n'
+                  % (KEY, 300 * 1024 * 1024))
+        reader = Reader(s)
+        assert reader.answer()[0] == 413 and reader.closed()
+    with connect(r) as s:
+        s.sendall(b'GET /health HTTP/1.1\r\nHost: x\r\nX-Big: %s\r\n\r\n' % (b'a' * 70000))
+        reader = Reader(s)
+        assert reader.answer()[0] == 431 and reader.closed()
+
+
+def test_chunked_request_body_reaches_the_backend_unchanged(stack):
+    sg, r = stack
+    body = chat('s1', max_tokens=7)
+    pieces = [body[:10], body[10:11], body[11:]]
+    chunked = b''.join(b'%x;ext=1\r\n%s\r\n' % (len(p), p) for p in pieces) + b'0\r\nX-Trailer: t\r\n\r\n'
+    with connect(r) as s:
+        s.sendall(b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n%sTransfer-Encoding: chunked\r\n\r\n' % KEY)
+        time.sleep(0.05)                                 # the body arrives later, in pieces
+        for i in range(0, len(chunked), 17):
+            s.sendall(chunked[i:i + 17])
+        status, dummy, answer = Reader(s).answer()
+    assert status == 200 and json.loads(answer)['object'] == 'chat.completion'
+    assert sg.stats()['last_body_sha256'] == hashlib.sha256(body).hexdigest()
+
+
+def test_pipelined_requests_are_answered_in_order_on_one_connection(stack):
+    r = stack[1]
+    stream = chat('s1', stream=True)
+    raw = (post(chat('nope')) + b'GET /health HTTP/1.1\r\nHost: x\r\n\r\n' + post(stream)
+           + b'GET /v1/models HTTP/1.1\r\nHost: x\r\nx-api-key: wrong\r\n\r\n' + post(chat('s1'))
+           + b'DELETE /v1/models HTTP/1.1\r\nHost: x\r\n\r\n')
+    with connect(r) as s:
+        s.sendall(raw)                                   # all six at once, before any answer
+        reader = Reader(s)
+        answers = [reader.answer() for dummy in range(6)]
+    assert [a[0] for a in answers] == [404, 200, 200, 401, 200, 405]
+    assert json.loads(answers[0][2])['error']['code'] == 'model_not_found'
+    assert json.loads(answers[1][2])['status'] == 'ok'
+    assert answers[2][1]['content-type'].startswith('text/event-stream') and answers[2][2].endswith(b'data: [DONE]\n\n')
+    assert json.loads(answers[4][2])['object'] == 'chat.completion'
+    assert answers[5][1]['allow'] == 'GET, HEAD'
+    assert json.loads(answers[5][2])['error']['type'] == 'invalid_request_error'
+
+
+def test_expect_100_continue_and_other_expectations(stack):
+    r = stack[1]
+    body = chat('s1')
+    with connect(r) as s:
+        s.sendall(b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n%sExpect: 100-continue\r\n'
+                  b'Content-Length: %d\r\n\r\n' % (KEY, len(body)))
+        reader = Reader(s)
+        assert reader.answer(head_only=True)[0] == 100   # before the body was sent
+        s.sendall(body)
+        assert reader.answer()[0] == 200
+    with connect(r) as s:
+        s.sendall(b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nExpect: \x80magic\r\nContent-Length: 2\r\n\r\n{}')
+        status, dummy, answer = Reader(s).answer()
+        assert status == 417 and b'magic' not in answer
+
+
+def test_head_http10_and_unknown_paths(stack):
+    r = stack[1]
+    with connect(r) as s:
+        s.sendall(b'HEAD /health HTTP/1.1\r\nHost: x\r\n\r\nGET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n')
+        reader = Reader(s)
+        status, headers, dummy = reader.answer(head_only=True)
+        assert status == 200 and int(headers['content-length']) > 0
+        status, dummy, body = reader.answer()          # the HEAD answer had no body: the next one follows
+        assert status == 404 and json.loads(body)['error']['code'] == 'not_found'
+    with connect(r) as s:                              # HTTP/1.0 without keep-alive: closed after one answer
+        s.sendall(b'POST /v1/chat/completions HTTP/1.0\r\n%sContent-Length: %d\r\n\r\n%s'
+                  % (KEY, len(chat('s1', stream=True)), chat('s1', stream=True)))
+        data = b''
+        while chunk := s.recv(65536):
+            data += chunk
+    head, dummy, body = data.partition(b'\r\n\r\n')
+    assert head.startswith(b'HTTP/1.1 200') and b'chunked' not in head.lower()
+    assert body.endswith(b'data: [DONE]\n\n')
+
+
+def rss_kib(pid):
+    for line in Path('/proc/%d/status' % pid).read_text().splitlines():
+        if line.startswith('VmRSS:'):
+            return int(line.split()[1])
+    return 0
+
+
+def test_slow_client_holds_back_the_backend(procs):
+    """A client that does not read: the router stops reading the backend (pause_writing) instead
+    of buffering the whole stream; once the client reads, everything arrives intact."""
+    double, router = procs
+    sg = double('openai', api_keys=[SGLANG_KEY], models='s1', chunks=60000)   # ~12 MB of events
+    r = router({'backends': {'sg': {'kind': 'sglang', 'url': sg.url, 'key_env': 'SGLANG_KEY'}},
+                'models': {'s1': {'backend': 'sg'}}, 'log_level': 'INFO'})
+    assert httpx.post(r.url + '/v1/chat/completions', content=chat('s1'), headers=AUTH).status_code == 200
+    before = rss_kib(r.pid)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)       # no receive-window autotuning
+    s.connect(('127.0.0.1', r.port))
+    s.sendall(post(chat('s1', stream=True)))
+    time.sleep(3)                                                    # the client reads nothing
+    stalled = rss_kib(r.pid)
+    stats = sg.stats()
+    s.settimeout(30)
+    data = b''
+    while not data.endswith(b'data: [DONE]\n\n\r\n0\r\n\r\n'):
+        chunk = s.recv(1 << 20)
+        assert chunk, 'closed before the end of the stream'
+        data += chunk
+    s.close()
+    assert stats['completed'] == 1 and stats['inflight'] == 1      # the backend was held back
+    assert stalled - before < 6 * 1024, (before, stalled)          # not the stream's 12 MB
+    assert data.count(b'data: ') == 60001
