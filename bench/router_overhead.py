@@ -18,7 +18,7 @@ With ``--router-b`` a second router (another version of router.py, same config, 
 front of the same backend and is measured in the same rounds, interleaved with the first (the order
 of direct / A / B rotates every round): on a shared machine only such same-run pairs compare.
 
-Noise floor on the reference 2-core machine (measured with direct-only rounds): ~0.06 ms at C=1, ~1.4 ms at C=16.
+Noise floor on the reference 2-core machine: ~0.06 ms at C=1, ~1.4 ms at C=16.
 """
 
 import argparse
