@@ -372,130 +372,240 @@ class Metrics:
 # It speaks only what the router needs: one request at a time per connection, keep-alive, request
 # bodies always sent with Content-Length, and answers framed by Content-Length, chunked
 # transfer-encoding or connection close (RFC 9112 section 6.3). Anything else is an UpstreamError.
+# Each connection is an asyncio.Protocol (Link) whose answers llhttp parses (httptools, as for the
+# server side): the body arrives with chunk framing removed, and nothing runs per read but the
+# parser's callbacks. A read timeout is one timer per answer, re-armed only when it fires early.
 
 class UpstreamError(Exception):
     """The backend could not be reached or broke the HTTP exchange."""
 
 
+class _Stale(Exception):
+    """A reused keep-alive connection the backend had closed: the request is sent again fresh."""
+
+
 _NO_BODY = frozenset((204, 304))
 _MAX_HEAD = 64 * 1024
+_HIGH_WATER = 1 << 20              # body bytes held for a slow client before the backend is paused
 
 
 class Answer:
-    """One backend answer: status, headers (lower-case names), body read or iterated once."""
+    """One backend answer: ``status`` and ``headers`` (lower-case names) once its head arrived,
+    then the body through read() or chunks(), once. ``length``: the Content-Length (0 when there is
+    no body), None for chunked or close-delimited answers."""
 
-    def __init__(self, pool, conn, status, headers, timeout):
-        self.pool, self.conn, self.status, self.headers, self.timeout = pool, conn, status, headers, timeout
-        self.done = False
+    def __init__(self, link, timeout):
+        self.link, self.timeout = link, timeout
+        self.status, self.headers, self.length = 0, {}, None
+        self.parts, self.held = [], 0  # body pieces not taken yet, and their size
+        self.complete = False          # the whole answer arrived
+        self.error = None              # an UpstreamError that ends this answer
         self.last = False              # the piece chunks() yields now is the last one
-        te = headers.get('transfer-encoding', '').lower()
-        if status in _NO_BODY or 100 <= status < 200:
-            self.length, self.chunked = 0, False
-        elif te:
-            if te.rsplit(',', 1)[-1].strip() != 'chunked':
-                raise UpstreamError('unsupported transfer-encoding %r' % te)
-            self.length, self.chunked = None, True
-        elif 'content-length' in headers:
-            try:
-                self.length = int(headers['content-length'])
-            except ValueError:
-                raise UpstreamError('bad content-length') from None
-            if self.length < 0:
-                raise UpstreamError('bad content-length')
-            self.chunked = False
+        self.heard = False             # any byte of this answer arrived
+        self.streaming = False         # taken by chunks(): the backend may be paused for a slow client
+        self.waiter = None
+        loop = link.loop
+        self.seen = loop.time()        # when bytes last arrived
+        self.timer = loop.call_at(self.seen + timeout, self._check_timeout)
+
+    def wake(self):
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def fail(self, error):
+        if self.error is None and not self.complete:
+            self.error = error
+            self.link.transport.close()
+        self.wake()
+
+    def _check_timeout(self):
+        if self.complete or self.error is not None:
+            return
+        due = self.seen + self.timeout
+        if self.link.loop.time() < due:
+            self.timer = self.link.loop.call_at(due, self._check_timeout)
+        elif self.status:
+            self.fail(UpstreamError('no data for %g s' % self.timeout))
         else:
-            self.length, self.chunked = None, False         # until the backend closes
-        self.reusable = (self.length is not None or self.chunked) and \
-            'close' not in headers.get('connection', '').lower()
+            self.fail(UpstreamError('no answer within %g s' % self.timeout))
 
-    async def _read(self, coro):
-        async with asyncio.timeout(self.timeout):
-            return await coro
-
-    async def chunks(self):
-        """Yield the body as it arrives (chunk framing removed); return the connection to the pool.
-        Chunks that arrived together come out as one piece (``last`` is set before the final one)."""
-        reader = self.conn[0]
+    async def _wait(self):
+        self.waiter = self.link.loop.create_future()
         try:
-            if self.chunked:
-                async for data in self._dechunk(reader):
-                    yield data
-            elif self.length is not None:
-                left = self.length
-                while left:
-                    data = await self._read(reader.read(min(left, 1 << 20)))
-                    if not data:
-                        raise UpstreamError('connection closed %d bytes before the end of the body' % left)
-                    left -= len(data)
-                    self.last = not left
-                    yield data
-            else:
-                while data := await self._read(reader.read(1 << 20)):
-                    yield data
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, ConnectionError) as e:
-            raise UpstreamError('broken answer: %s' % type(e).__name__) from None
-        except TimeoutError:
-            raise UpstreamError('no data for %g s' % self.timeout) from None
-        self.done = True
-        self.release()
+            await self.waiter
+        finally:
+            self.waiter = None
 
-    async def _dechunk(self, reader):
-        """Chunked transfer-encoding (RFC 9112 section 7.1): ``SIZE[;ext]CRLF DATA CRLF`` ... then
-        ``0[;ext]CRLF``, trailer lines (dropped) and an empty line. Whatever has arrived is parsed
-        at once, so chunks that came in one read are yielded as one piece."""
-        buf = bytearray()
-        while True:
-            out, pos, end = [], 0, False
-            while True:
-                eol = buf.find(b'\r\n', pos)
-                if eol < 0:
-                    if len(buf) - pos > _MAX_HEAD:
-                        raise UpstreamError('chunk size line too long')
-                    break
-                size = int(bytes(buf[pos:eol]).split(b';', 1)[0].strip(), 16)
-                if size < 0:
-                    raise UpstreamError('bad chunk framing')
-                if size == 0:              # last chunk: trailers (dropped) up to an empty line
-                    tail = buf.find(b'\r\n\r\n', eol)
-                    if tail < 0:
-                        if len(buf) - eol > _MAX_HEAD:
-                            raise UpstreamError('trailers too long')
-                        break
-                    pos, end = tail + 4, True
-                    break
-                start, stop = eol + 2, eol + 2 + size
-                if len(buf) < stop + 2:
-                    break
-                if buf[stop:stop + 2] != b'\r\n':
-                    raise UpstreamError('bad chunk framing')
-                out.append(bytes(buf[start:stop]))
-                pos = stop + 2
-            del buf[:pos]
-            if end:
-                if buf:                    # bytes after the answer: the connection cannot be reused
-                    self.reusable = False
-                self.last = True
-            if out:
-                yield out[0] if len(out) == 1 else b''.join(out)
-            if end:
-                return
-            data = await self._read(reader.read(1 << 20))
-            if not data:
-                raise UpstreamError('connection closed before the end of the chunked body')
-            buf += data
+    async def head(self):
+        while not self.status:
+            if self.error is not None:
+                raise self.error
+            await self._wait()
+        return self
 
     async def read(self):
-        return b''.join([c async for c in self.chunks()])
+        while not self.complete:
+            if self.error is not None:
+                raise self.error
+            await self._wait()
+        parts, self.parts = self.parts, []
+        self.release()
+        return parts[0] if len(parts) == 1 else b''.join(parts)
+
+    async def chunks(self):
+        """Yield the body as it arrives; what arrived together comes out as one piece (``last`` is
+        set before the final one). The connection goes back to the pool after the last piece."""
+        link = self.link
+        self.streaming = True
+        while True:
+            if self.parts:
+                parts, self.parts, self.held = self.parts, [], 0
+                if link.paused:
+                    link.paused = False
+                    link.transport.resume_reading()
+                self.last = self.complete
+                yield parts[0] if len(parts) == 1 else b''.join(parts)
+            elif self.complete:
+                break
+            elif self.error is not None:
+                raise self.error
+            else:
+                await self._wait()
+        self.release()
 
     def release(self):
-        """Back to the pool when the body was read to its end, else the connection is dropped."""
-        if self.conn is None:
+        """Back to the pool when the answer arrived whole, else the connection is closed."""
+        link = self.link
+        if link is None:
             return
-        conn, self.conn = self.conn, None
-        if self.done and self.reusable:
-            self.pool.put(conn)
+        self.link = None
+        self.timer.cancel()
+        if link.answer is self:
+            link.answer = None
+        if self.complete and link.reusable and not link.closed:
+            link.upstream.idle.append(link)
         else:
-            conn[1].close()
+            link.transport.close()
+
+
+class Link(asyncio.Protocol):
+    """One keep-alive connection to a backend; parses the answer to the request in flight."""
+
+    def __init__(self, upstream):
+        self.upstream = upstream
+        self.loop = asyncio.get_running_loop()
+        self.transport = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.answer = None             # the answer being received
+        self.closed = self.paused = self.reused = self.chunked = False
+        self.reusable = False          # the current answer leaves the connection open
+        self.received = 0              # body bytes of the current answer
+        self.fed = 0                   # bytes fed while the current answer's head was incomplete
+        self.head_size = 0             # header (then trailer) bytes of the current answer
+
+    def send(self, data, timeout):
+        self.answer = answer = Answer(self, timeout)
+        self.fed = self.head_size = 0
+        self.transport.write(data)
+        return answer
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        a = self.answer
+        if a is None or a.complete:    # bytes nobody asked for: the connection is not trusted again
+            self.reusable = False
+            self.transport.close()
+            return
+        a.heard, a.seen = True, self.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as e:
+            self.reusable = False
+            a.fail(e.__context__ if isinstance(e.__context__, UpstreamError) else UpstreamError('broken answer'))
+            return
+        except httptools.HttpParserError as e:
+            self.reusable = False
+            a.fail(UpstreamError('broken answer: %s' % e))
+            return
+        if not a.status:               # the head is still incomplete: bounded
+            self.fed += len(data)
+            if self.fed > _MAX_HEAD:
+                self.reusable = False
+                a.fail(UpstreamError('answer head larger than %d bytes' % _MAX_HEAD))
+
+    def connection_lost(self, exc):
+        self.closed = True
+        a = self.answer
+        if a is None or a.complete or a.error is not None:
+            return
+        if a.status and a.length is None and not self.chunked:
+            a.complete = True          # a close-delimited body ends here
+            a.wake()
+        elif not a.heard:
+            a.fail(_Stale() if self.reused else UpstreamError('connection closed without an answer'))
+        elif a.length is not None:
+            a.fail(UpstreamError('connection closed %d bytes before the end of the body'
+                                 % (a.length - self.received)))
+        else:
+            a.fail(UpstreamError('connection closed before the end of the answer'))
+
+    # -- httptools callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self):
+        a = self.answer
+        if a.status:                   # a second answer to one request
+            raise UpstreamError('more than one answer to one request')
+        a.headers, self.chunked, self.received = {}, False, 0
+
+    def on_header(self, name, value):
+        a = self.answer
+        self.head_size += len(name) + len(value)
+        if self.head_size > _MAX_HEAD:
+            raise UpstreamError('%s larger than %d bytes' % ('trailers' if a.status else 'answer head', _MAX_HEAD))
+        if a.status:                   # a trailer: dropped
+            return
+        headers = a.headers
+        name, value = name.decode('latin-1').lower(), value.decode('latin-1')
+        headers[name] = headers[name] + ', ' + value if name in headers else value
+
+    def on_headers_complete(self):
+        a, parser = self.answer, self.parser
+        status = parser.get_status_code()
+        if status < 200:
+            return                     # 1xx interim answers are skipped
+        te = a.headers.get('transfer-encoding')
+        if status in _NO_BODY:
+            a.length = 0
+        elif te is not None:
+            if te.rsplit(',', 1)[-1].strip().lower() != 'chunked':
+                raise UpstreamError('unsupported transfer-encoding %r' % te)
+            self.chunked = True
+        elif 'content-length' in a.headers:
+            a.length = int(a.headers['content-length'])      # llhttp checked it
+        self.reusable = (a.length is not None or self.chunked) and parser.should_keep_alive()
+        a.status, self.head_size = status, 0
+        a.wake()
+
+    def on_body(self, data):
+        a = self.answer
+        self.received += len(data)
+        a.parts.append(data)
+        a.held += len(data)
+        if a.held > _HIGH_WATER and a.streaming and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+        a.wake()
+
+    def on_message_complete(self):
+        a = self.answer
+        if not a.status:               # the end of a 1xx
+            return
+        a.complete = True
+        a.wake()
 
 
 class Upstream:
@@ -511,79 +621,45 @@ class Upstream:
         self.connect_timeout = connect_timeout
         self.idle = []
 
-    def put(self, conn):
-        self.idle.append(conn)
-
     def close(self):
         while self.idle:
-            self.idle.pop()[1].close()
+            self.idle.pop().transport.close()
 
     async def request(self, method, path, headers, body=b'', timeout=600.0):
         """Send one request; return an Answer once its status line and headers arrived."""
         head = [b'%s %s HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n'
                 % (method.encode(), path.encode(), self.hostheader, len(body))]
         head += [b'%s: %s\r\n' % (k.encode('latin-1'), v.encode('utf-8', 'surrogateescape'))
-                 for k, v in headers.items()]   # values as the client's bytes (aiohttp decoded them so)
+                 for k, v in headers.items()]   # values as the client's bytes
         data = b''.join(head) + b'\r\n' + body
         while self.idle:                  # a reused connection the backend closed meanwhile: retry fresh
-            conn = self.idle.pop()
-            if conn[0].at_eof() or conn[1].is_closing():
-                conn[1].close()
+            link = self.idle.pop()
+            if link.closed:
                 continue
-            answer = await self._exchange(conn, data, timeout, reused=True)
-            if answer is not None:
-                return answer
+            link.reused = True
+            answer = link.send(data, timeout)
+            try:
+                return await answer.head()
+            except _Stale:
+                answer.release()
+            except BaseException:
+                answer.release()
+                raise
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout):
-                conn = await asyncio.open_connection(self.host, self.port, ssl=self.ssl, limit=_MAX_HEAD)
+                dummy, link = await loop.create_connection(lambda: Link(self), self.host, self.port, ssl=self.ssl)
         except TimeoutError:
             raise UpstreamError('connect timed out after %g s' % self.connect_timeout) from None
         except OSError as e:
             raise UpstreamError('cannot connect: %s' % (e.strerror or type(e).__name__)) from None
-        return await self._exchange(conn, data, timeout, reused=False)
-
-    async def _exchange(self, conn, data, timeout, reused):
-        reader, writer = conn
+        link.reused = False
+        answer = link.send(data, timeout)
         try:
-            writer.write(data)
-            async with asyncio.timeout(timeout):
-                while True:
-                    try:
-                        raw = await reader.readuntil(b'\r\n\r\n')
-                    except asyncio.IncompleteReadError as e:
-                        if reused and not e.partial:
-                            writer.close()
-                            return None       # stale keep-alive connection: caller retries once fresh
-                        raise
-                    status, headers = _parse_head(raw)
-                    if status >= 200:
-                        break                 # 1xx interim answers are skipped
-            return Answer(self, conn, status, headers, timeout)
-        except BaseException as e:
-            writer.close()
-            if isinstance(e, TimeoutError):
-                raise UpstreamError('no answer within %g s' % timeout) from None
-            if isinstance(e, (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, ConnectionError)):
-                raise UpstreamError('connection broken: %s' % type(e).__name__) from None
+            return await answer.head()
+        except BaseException:
+            answer.release()
             raise
-
-
-def _parse_head(raw):
-    lines = raw[:-4].decode('latin-1').split('\r\n')
-    version, dummy, rest = lines[0].partition(' ')
-    if not version.startswith('HTTP/1.'):
-        raise ValueError('not HTTP/1.x')
-    status = int(rest[:3])
-    headers = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(':')
-        if not sep or name != name.strip() or line[:1] in ' \t':
-            raise ValueError('bad header line')
-        name, value = name.lower(), value.strip()
-        headers[name] = headers[name] + ', ' + value if name in headers else value
-    if version == 'HTTP/1.0' and 'keep-alive' not in headers.get('connection', '').lower():
-        headers['connection'] = 'close'
-    return status, headers
 
 
 # ---------------------------------------------------------------------------------------------

@@ -130,12 +130,19 @@ def test_stale_keep_alive_connection_is_retried_once_on_a_fresh_one():
 
 @pytest.mark.parametrize('reply,what', [
     (b'HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort', 'closed 5 bytes before the end'),
-    (b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX', 'bad chunk framing'),
-    (b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n', 'broken answer: ValueError'),
+    (b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX', 'broken answer: Expected LF after chunk data'),
+    (b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n', 'broken answer: Invalid character in chunk size'),
+    (b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n', 'before the end of the answer'),
     (b'HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n', "unsupported transfer-encoding 'gzip'"),
-    (b'HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n', 'bad content-length'),
-    (b'SSH-2.0-OpenSSH\r\n\r\n', 'connection broken: ValueError'),
-    (b'HTTP/1.1 200 OK\r\n Folded: header\r\n\r\n', 'connection broken: ValueError'),
+    (b'HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n', 'broken answer: Invalid character in Content-Length'),
+    (b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok', 'broken answer: Duplicate Content-Length'),
+    (b'SSH-2.0-OpenSSH\r\n\r\n', 'broken answer: Expected HTTP/'),
+    (b'HTTP/1.1 200 OK\r\n Folded: header\r\n\r\n', 'broken answer: Unexpected space after start line'),
+    (b'HTTP/1.1 200 OK\r\nX-Big: ' + b'a' * 70000 + b'\r\n\r\n', 'answer head larger than 65536 bytes'),
+    (b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: ' + b'a' * 70000 + b'\r\n\r\n',
+     'trailers larger than 65536 bytes'),
+    (b'HTTP/1.1 200 OK\r\n', 'connection closed before the end of the answer'),
+    (b'', 'connection closed without an answer'),
 ])
 def test_broken_answers_raise_upstream_error(reply, what):
     async def scenario(up):
@@ -144,6 +151,63 @@ def test_broken_answers_raise_upstream_error(reply, what):
         return str(e.value)
     message = run([reply], scenario, close_after=1)[0]
     assert what in message
+
+
+def test_a_large_whole_answer_is_read_to_its_end():
+    body = bytes(range(256)) * 20000                     # 5 MB: over the stream high-water mark
+    reply = b'HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s' % (len(body), body)
+    ok = b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'
+
+    async def scenario(up):
+        return [await fetch(up), await fetch(up)]
+    results, script = run([reply, ok], scenario)
+    assert results[0][2] == body and results[1][2] == b'ok'
+    assert script.connections == 1
+
+
+def test_a_slow_reader_of_a_stream_pauses_the_backend_and_then_gets_every_byte():
+    piece = b'x' * 65536
+    reply = b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n' + \
+        b'10000\r\n%s\r\n' % piece * 64 + b'0\r\n\r\n'                # 4 MB, sent in one write
+    ok = b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'
+
+    async def scenario(up):
+        answer = await up.request('POST', '/', {}, b'', timeout=5)
+        sizes = []
+        async for data in answer.chunks():
+            sizes.append(len(data))
+            await asyncio.sleep(0.2 if len(sizes) == 1 else 0)   # the client is slow at first
+        answer.release()
+        return sizes, await fetch(up)
+    (sizes, after), script = run([reply, ok], scenario)
+    assert sum(sizes) == 64 * 65536
+    assert max(sizes) <= (1 << 20) + 256 * 1024               # held: the high-water mark plus one read
+    assert after[2] == b'ok' and script.connections == 1     # resumed and reused after the pause
+
+
+def test_bytes_after_the_answer_make_the_connection_unusable():
+    reply = b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno'
+    ok = b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'
+
+    async def scenario(up):
+        return [await fetch(up), await fetch(up)]
+    results, script = run([reply, ok], scenario)
+    assert [r[2] for r in results] == [b'ok', b'ok']
+    assert script.connections == 2                            # the second request went on a fresh one
+
+
+def test_silence_inside_a_body_ends_the_answer():
+    reply = [b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n']
+
+    async def scenario(up):
+        answer = await up.request('POST', '/', {}, b'', timeout=0.3)
+        pieces = []
+        with pytest.raises(router.UpstreamError, match='no data for 0.3 s'):
+            async for data in answer.chunks():
+                pieces.append(data)
+        answer.release()
+        return pieces
+    assert run([reply, None], scenario)[0] == [b'hi']
 
 
 def test_connection_refused_and_idle_pool_closed():
