@@ -14,6 +14,9 @@ chunked answers), so the client's own cost stays small and identical for both ta
     .venv/bin/python bench/router_overhead.py [--rounds 5] [--requests 300] [--chunk-delay 0]
     .venv/bin/python bench/router_overhead.py --router-b /tmp/router_old.py   # A/B: two routers, one run
 
+The routers run with log_level INFO, as the role deploys them (one log line per proxied request,
+written to a file here rather than to journald); ``--log-level WARNING`` measures without those lines.
+
 With ``--router-b`` a second router (another version of router.py, same config, own port) sits in
 front of the same backend and is measured in the same rounds, interleaved with the first (the order
 of direct / A / B rotates every round): on a shared machine only such same-run pairs compare.
@@ -130,6 +133,8 @@ def main():
     ap.add_argument('--router', default=str(ROOT / 'roles/llm_router/files/router.py'),
                     help='router.py to measure (A); default: this checkout\'s')
     ap.add_argument('--router-b', help='a second router.py (B), measured interleaved with A in the same rounds')
+    ap.add_argument('--log-level', default='INFO', choices=('DEBUG', 'INFO', 'WARNING', 'ERROR'),
+                    help="the routers' log_level (default INFO, as the role deploys: a line per request)")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix='router-bench-'))
@@ -146,7 +151,7 @@ def main():
         rport = free_port()
         conf = tmp / ('router-%d.yml' % rport)
         conf.write_text(json.dumps({
-            'listen': {'host': '127.0.0.1', 'port': rport}, 'log_level': 'WARNING',
+            'listen': {'host': '127.0.0.1', 'port': rport}, 'log_level': args.log_level,
             'backends': {'b': {'kind': 'openai', 'url': 'http://127.0.0.1:%d' % bport, 'key_env': 'BENCH_BACKEND_KEY'}},
             'models': {'m1': {'backend': 'b'}}}))
         routers[label] = (subprocess.Popen([sys.executable, path, '--config', str(conf)], env=env,
@@ -183,8 +188,8 @@ def main():
             p.send_signal(signal.SIGTERM)
             p.wait(15)
 
-    print('\nrouter overhead, loopback, %d rounds x %d requests per case and target, chunk delay %g s, %d chunks'
-          % (args.rounds, args.requests, args.chunk_delay, args.chunks))
+    print('\nrouter overhead, loopback, %d rounds x %d requests per case and target, chunk delay %g s, %d chunks, '
+          'router log_level %s' % (args.rounds, args.requests, args.chunk_delay, args.chunks, args.log_level))
     for label in labels:
         print('%-8s = %s' % (label, args.router if label == 'router' else args.router_b))
     print('load average: %s' % ' '.join(Path('/proc/loadavg').read_text().split()[:3]))

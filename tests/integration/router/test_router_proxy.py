@@ -4,6 +4,7 @@
 
 import hashlib
 import json
+import re
 import socket
 import time
 
@@ -201,6 +202,24 @@ def test_metrics_counters_move(stack):
     assert metric(m1, 'llm_router_request_duration_seconds_count{model="s1"}') == metric(m0, 'llm_router_request_duration_seconds_count{model="s1"}') + 3
     assert metric(m1, 'llm_router_swaps_total{backend="sg",result="ok"}') == 1
     assert 'llm_router_swap_duration_seconds_count{backend="sg"} 1' in m1
+
+
+def test_access_lines_keep_their_place_in_the_log(stack):
+    """Each proxied request gets an INFO line in the log's format. The lines are written in
+    batches, yet one written before another record comes before it, and none is lost at stop."""
+    r = stack[2]
+    for model in ('a', 's1', 's1'):
+        assert httpx.post(r.url + '/v1/chat/completions', content=chat(model), headers=AUTH).status_code == 200
+    r.stop()
+    lines = r.log().splitlines()
+    access = [i for i, line in enumerate(lines) if ' INFO llm_router: POST /v1/chat/completions model=' in line]
+    assert len(access) == 3
+    for i, model in zip(access, ('a', 's1', 's1')):
+        assert re.fullmatch(r'\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO llm_router: '
+                            r'POST /v1/chat/completions model=%s status=200 \d+\.\dms' % model, lines[i]), lines[i]
+    swap_to_s1 = [i for i, line in enumerate(lines) if 'swap to model s1' in line]
+    assert swap_to_s1 and access[0] < swap_to_s1[0] < access[1]   # the 'a' line came out before the swap's
+    assert 'INFO llm_router: stopped' in lines[-1]                # and the last ones before 'stopped'
 
 
 def test_no_key_in_logs_or_answers(procs):
