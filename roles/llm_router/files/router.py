@@ -483,7 +483,7 @@ class Answer:
         self.timer.cancel()
         if link.answer is self:
             link.answer = None
-        if self.complete and link.reusable and not link.closed:
+        if self.complete and link.reusable and not link.closed and not link.paused:
             link.upstream.idle.append(link)
         else:
             link.transport.close()
