@@ -19,6 +19,17 @@ Answers are deterministic (same request -> same bytes), so a test can compare th
 through the router with the bytes it gets directly. ``GET /_stats`` (no key; not part of any real
 backend) reports what the double saw: requests, client disconnects, loads, in-flight counts, the
 headers and a digest of the last request body.
+
+Streams (``"stream": true``) are aiohttp ``StreamResponse``s: ``prepare()`` sends the status line
+and headers at once (aiohttp 3.14: ``_send_headers_immediately``), before the first chunk, as
+inference servers do. ``--first-chunk-delay S`` waits S seconds between those headers and the
+first chunk (a backend that takes long to produce its first token); ``--chunk-delay S`` waits
+between the chunks after it.
+
+Test-only behaviour, which no real backend has: ``--no-content-model M`` makes a completion
+request for model M (chat, completions, embeddings; key checked first, as for any request) answer
+``204 No Content`` with no body, so that tests can check how the router relays an answer without
+a body. Every other model is answered as above.
 """
 
 import argparse
@@ -46,6 +57,10 @@ def parse_args(argv):
     p.add_argument('--loaded', default=None, help='TabbyAPI: model loaded at start (default: none)')
     p.add_argument('--chunks', type=int, default=8, help='stream chunks per answer')
     p.add_argument('--chunk-delay', type=float, default=0.0, help='seconds between stream chunks')
+    p.add_argument('--first-chunk-delay', type=float, default=0.0,
+                   help='seconds between a stream\'s headers (sent at once) and its first chunk')
+    p.add_argument('--no-content-model', default=None,
+                   help='test-only: completion requests for this model are answered 204 with no body')
     p.add_argument('--delay', type=float, default=0.0, help='seconds before any completion answer')
     p.add_argument('--load-delay', type=float, default=0.05, help='TabbyAPI: seconds a model load takes')
     p.add_argument('--die-after-chunks', type=int, default=None,
@@ -148,6 +163,8 @@ class Double:
         STATS['requests'] += 1
         STATS['last_headers'] = {k.lower(): v for k, v in request.headers.items()}
         STATS['last_body_sha256'] = hashlib.sha256(raw).hexdigest()
+        if self.a.no_content_model is not None and self._model(raw) == self.a.no_content_model:
+            return web.Response(status=204)          # test-only (module docstring)
         if not self.loaded:
             return web.json_response({'detail': 'No models are currently loaded.'}, status=503)
         body = json.loads(raw)
@@ -179,6 +196,14 @@ class Double:
         finally:
             STATS['inflight'] -= 1
 
+    @staticmethod
+    def _model(raw):
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return None
+        return body.get('model') if isinstance(body, dict) else None
+
     def answer(self, path, body, kind, index=None):
         words = ['Grüße', ' from', ' the', ' double', ' ✓']
         text = ''.join(words) if index is None else words[index % len(words)]
@@ -198,10 +223,12 @@ class Double:
 
     async def stream(self, request, body):
         resp = web.StreamResponse(headers={'Content-Type': 'text/event-stream; charset=utf-8'})
-        await resp.prepare(request)
+        await resp.prepare(request)                  # sends the status line and headers now
         for i in range(self.a.chunks):
             if i and self.a.chunk_delay:
                 await asyncio.sleep(self.a.chunk_delay)
+            elif not i and self.a.first_chunk_delay:
+                await asyncio.sleep(self.a.first_chunk_delay)
             await resp.write(b'data: ' + json.dumps(self.answer(request.path, body, 'chunk', i)).encode() + b'\n\n')
             if self.a.die_after_chunks is not None and i + 1 >= self.a.die_after_chunks:
                 os._exit(3)

@@ -308,6 +308,7 @@ ROUTER_CASES = [
     (('readiness_timeout',), 'long', 'readiness_timeout'),
     (('drain_timeout',), -1, 'drain_timeout'),
     (('shutdown_timeout',), False, 'shutdown_timeout'),
+    (('client_timeout',), 0, 'client_timeout'),
     (('systemctl',), '/usr/bin/systemctl', 'systemctl'),
     (('systemctl',), ['/usr/bin/sudo', 3], 'systemctl'),
     (('log_level',), 'LOUD', 'log_level'),

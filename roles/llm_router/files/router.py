@@ -114,6 +114,7 @@ class Config:
     admin_socket: str | None = None    # unix socket of the admin endpoints (drain, resume, reload)
     key_file: str | None = None        # NAME="value" lines read at start and at every reload
     retry_after: int = 5               # Retry-After (seconds) of the 503 for a drained backend
+    client_timeout: float = 75.0       # seconds a client may keep the router waiting (see class Connection)
 
 
 def _get(mapping, key, where, kind, default=None, required=False):
@@ -152,7 +153,7 @@ def parse_config(data, environ):
         raise ConfigError('config: expected a mapping at the top level')
     _no_unknown(data, ('listen', 'backends', 'models', 'swap_policy', 'readiness_timeout',
                        'drain_timeout', 'shutdown_timeout', 'systemctl', 'log_level',
-                       'admin_socket', 'key_file', 'retry_after'), '')
+                       'admin_socket', 'key_file', 'retry_after', 'client_timeout'), '')
     listen = _get(data, 'listen', '', dict, {})
     _no_unknown(listen, ('host', 'port'), 'listen')
     host = _get(listen, 'host', 'listen', str, '127.0.0.1')
@@ -234,7 +235,8 @@ def parse_config(data, environ):
         drain_timeout=_get(data, 'drain_timeout', '', float, 300.0),
         shutdown_timeout=_get(data, 'shutdown_timeout', '', float, 30.0),
         systemctl=systemctl, log_level=level, admin_socket=paths['admin_socket'],
-        key_file=paths['key_file'], retry_after=retry_after)
+        key_file=paths['key_file'], retry_after=retry_after,
+        client_timeout=_get(data, 'client_timeout', '', float, 75.0))
 
 
 def read_key_file(path):
@@ -1274,15 +1276,27 @@ def request_reload(config_path):
 #   any other expectation is a 417 that does not echo the value.
 # * A client that disconnects cancels the task serving its request: relay() then closes the
 #   upstream connection, so the backend sees the disconnect too.
-# * A connection that sends nothing for 75 s while no answer is being prepared for it (an idle
-#   keep-alive connection, or a client stuck in the middle of its request) is closed.
+# * Client timeout (config ``client_timeout``, default 75 s; T below). While no answer is being
+#   prepared or sent on a connection, the router is waiting for its client, and a client that keeps
+#   it waiting too long is closed without an answer (nothing of its request is logged):
+#   - idle: nothing received for T (an idle keep-alive connection, or a client stuck mid-request);
+#   - head: the request line and headers not complete T after the request's first byte
+#     (slow-loris: a head trickled a byte at a time is cut, however steady the trickle);
+#   - body: the body not complete T plus 1 s per 64 KiB of body received after the head was
+#     complete (a body must average 64 KiB/s after a grace of T; 256 MiB at that rate is ~68 min).
+#   The clocks of a request that began while an earlier answer was still being sent start when
+#   that answer ended (reading may have been paused meanwhile), and Expect: 100-continue bodies
+#   are timed from the 100. Answers are never cut by this: a stream that is slow because the
+#   backend is slow is the backend's business (read_timeout). The sweep runs every T/5, 15 s at
+#   the longest, so a cut comes at most that long after its due time. No 408 is sent (the client
+#   may not be reading); an answer a cut client left unread is dropped (transport.abort()).
 # * HEAD is answered for the GET endpoints; unknown paths get 404, other methods 405 (with Allow).
 
 MAX_BODY = 256 * 1024 * 1024
 MAX_HEAD = 64 * 1024
 MAX_HEADER_LINES = 100
 MAX_QUEUED = 2
-IDLE_TIMEOUT = 75.0
+MIN_BODY_RATE = 64 * 1024              # bytes/s a request body must average after client_timeout
 _TARGET_RE = re.compile(rb'/[!-~]*\Z')
 _REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
 _date = [0, b'']
@@ -1402,7 +1416,8 @@ class Connection(asyncio.Protocol):
         self.closed = self.paused = self.reading_paused = False
         self.answered = False
         self.waiter = None
-        self.last_active = 0.0
+        self.last_active = 0.0           # when the client's last bytes arrived (or its last answer ended)
+        self.deadline = 0.0              # self.req's head (or body, plus MIN_BODY_RATE credit) is due by then
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -1473,6 +1488,7 @@ class Connection(asyncio.Protocol):
 
     def on_message_begin(self):
         self.req = Request(self)
+        self.deadline = self.last_active + self.app.cfg.client_timeout   # for the head
 
     def on_url(self, url):
         req = self.req
@@ -1500,6 +1516,7 @@ class Connection(asyncio.Protocol):
         req.keep_alive = parser.should_keep_alive()
         req.http10 = parser.get_http_version() == '1.0'
         req.size = 0
+        self.deadline = self.last_active + self.app.cfg.client_timeout   # for the body
         length = req.headers.get('content-length')
         if length is not None and length.isdigit() and int(length) > MAX_BODY:
             raise Refused(413, 'Request body larger than %d bytes' % MAX_BODY)
@@ -1560,8 +1577,30 @@ class Connection(asyncio.Protocol):
         finally:
             self.task = None
             self.last_active = time.monotonic()
+            if self.req is not None:     # begun meanwhile: its client's time starts now
+                self.deadline = self.last_active + self.app.cfg.client_timeout
             if not self.closed:
                 self._continue()
+
+    def overdue(self, now):
+        """Why the client has kept the router waiting too long ('' if it has not): see the
+        comment block above MAX_BODY. Only asked while no answer is being prepared or sent."""
+        if self.last_active < now - self.app.cfg.client_timeout:
+            return 'nothing received' if self.req is None else 'request stalled'
+        req = self.req
+        if req is None:
+            return ''
+        if not req.method:               # set once the head is complete
+            return 'request head not complete' if now > self.deadline else ''
+        return 'request body too slow' if now > self.deadline + req.size / MIN_BODY_RATE else ''
+
+    def cut(self):
+        """Close without an answer; an answer the client left unread is dropped."""
+        self.parser = None
+        if self.transport.get_write_buffer_size():
+            self.transport.abort()
+        else:
+            self.transport.close()
 
     def head(self, req, status, ctype, extra=b''):
         """Status line and headers of an answer to req."""
@@ -1635,12 +1674,17 @@ class App:
             req.keep_alive = False
 
     def sweep(self):
-        """Close connections that sent nothing for IDLE_TIMEOUT while not being answered: idle
-        keep-alive connections, and clients that stopped in the middle of a request."""
-        limit = time.monotonic() - IDLE_TIMEOUT
+        """Close the connections whose clients kept the router waiting longer than client_timeout
+        while no answer was being prepared or sent for them (Connection.overdue)."""
+        now = time.monotonic()
         for conn in list(self.connections):
-            if conn.task is None and conn.last_active < limit:
-                conn.transport.close()
+            if conn.task is not None:
+                continue                 # being answered: the router, not the client, is due
+            why = conn.overdue(now)
+            if why:
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug('closed a client connection: %s (client_timeout %g s)', why, self.cfg.client_timeout)
+                conn.cut()
 
 
 async def serve(cfg, config_path):
@@ -1664,9 +1708,10 @@ async def serve(cfg, config_path):
         if os.path.exists(cfg.admin_socket) and stat.S_ISSOCK(os.stat(cfg.admin_socket).st_mode):
             os.unlink(cfg.admin_socket)  # left over by a router that did not stop cleanly
         servers.append(await loop.create_unix_server(lambda: Connection(app, True), cfg.admin_socket))
+    every = min(max(cfg.client_timeout / 5, 0.05), 15.0)   # a cut comes at most T/5 late
     while not stop.is_set():
         try:
-            await asyncio.wait_for(stop.wait(), IDLE_TIMEOUT / 5)
+            await asyncio.wait_for(stop.wait(), every)
         except asyncio.TimeoutError:
             app.sweep()
     app.stopping = True

@@ -1,11 +1,13 @@
 # Copyright (c) 2026, gpufleet.llm contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """router.py's own HTTP/1.1 server, over raw sockets on loopback: framing of what clients send
-(chunked bodies, pipelining, malformed requests, limits, Expect), HEAD, 405, and backpressure
-towards a client that reads slowly."""
+(chunked bodies, pipelining, malformed requests, limits, Expect), HEAD, 405, backpressure
+towards a client that reads slowly, the client timeout (idle, trickled head, trickled body; slow
+streams are not cut), a bodiless 204 relayed, and a stream's head sent before a slow first chunk."""
 
 import hashlib
 import json
+import select
 import socket
 import time
 from pathlib import Path
@@ -69,11 +71,14 @@ class Reader:
         return int(head[0].split()[1]), headers, body
 
     def closed(self, timeout=5):
-        """True when the router closes the connection (nothing more arrives) within timeout."""
+        """True when the router closes the connection (nothing more arrives) within timeout;
+        False when it is still open after timeout, or sends more."""
         self.sock.settimeout(timeout)
         try:
             return not self.buf and self.sock.recv(65536) == b''
-        except OSError:
+        except TimeoutError:
+            return False
+        except OSError:                  # reset by the router: closed too
             return True
 
 
@@ -224,3 +229,134 @@ def test_slow_client_holds_back_the_backend(procs):
     # backend and router autotune up to tcp_rmem's 32 MB here and may take the whole 12 MB.)
     assert stalled - before < 6 * 1024, (before, stalled, stats)   # not the stream's 12 MB
     assert data.count(b'data: ') == 60001
+
+
+# -- client timeout (config client_timeout), 204, stream head ------------------------------------
+
+TIMEOUT = 1.0          # the router's client_timeout in the tests below; its sweep runs every 0.2 s
+
+
+@pytest.fixture
+def slow(procs):
+    """A router with client_timeout 1 s in front of a double that is slower than that on streams
+    (1.5 s before the first chunk, 1.5 s between chunks; 2 chunks) and answers model 'empty' with
+    204 and no body (a test-only option of the double)."""
+    double, router = procs
+    sg = double('openai', api_keys=[SGLANG_KEY], models='s1', chunks=2, chunk_delay=1.5,
+                first_chunk_delay=1.5, no_content_model='empty')
+    r = router({'backends': {'sg': {'kind': 'sglang', 'url': sg.url, 'key_env': 'SGLANG_KEY'}},
+                'models': {'s1': {'backend': 'sg'}, 'empty': {'backend': 'sg'}}, 'client_timeout': TIMEOUT})
+    assert httpx.post(r.url + '/v1/chat/completions', content=chat('s1'), headers=AUTH).status_code == 200
+    return sg, r
+
+
+def trickle(sock, data, gap=0.2, limit=5.0):
+    """Send data a byte at a time, gap seconds apart (less than the timeout: never idle that long),
+    for at most limit seconds; the seconds after which the router closed the connection without
+    sending anything, or None if it was still open."""
+    start = time.monotonic()
+    for byte in data:
+        if time.monotonic() - start > limit:
+            return None
+        try:
+            sock.sendall(bytes([byte]))
+        except OSError:                  # reset: the router had closed it
+            return time.monotonic() - start
+        if select.select([sock], [], [], gap)[0]:
+            try:
+                got = sock.recv(65536)
+            except OSError:
+                got = b''
+            assert got == b'', 'the router answered a trickling client: %r' % got[:100]
+            return time.monotonic() - start
+    return None
+
+
+def test_idle_keep_alive_connection_is_closed_after_client_timeout(slow):
+    r = slow[1]
+    with connect(r) as s:
+        s.sendall(post(chat('s1')))
+        reader = Reader(s)
+        assert reader.answer()[0] == 200
+        start = time.monotonic()
+        assert reader.closed(timeout=5)
+        waited = time.monotonic() - start
+    assert 0.8 * TIMEOUT <= waited < 3 * TIMEOUT, waited
+
+
+def test_trickled_request_head_and_body_are_cut(slow):
+    """One byte every 0.2 s never leaves the connection idle for the 1 s timeout; the head (or the
+    body) is still not complete 1 s after it began, so the router closes the connection, without an
+    answer, well before the trickle would have ended (~25 s) and without logging the request."""
+    r = slow[1]
+    head = b'GET /health HTTP/1.1\r\nHost: x\r\nX-Secret-Pad: %s\r\n\r\n' % (b'p' * 100)
+    with connect(r) as s:
+        cut = trickle(s, head)
+    assert cut is not None, 'a trickled head was not cut within 5 s'
+    assert 0.8 * TIMEOUT <= cut < 3 * TIMEOUT, cut
+    body = chat('s1') + b' ' * 100
+    with connect(r) as s:
+        s.sendall(b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n%sContent-Length: %d\r\n\r\n' % (KEY, len(body)))
+        cut = trickle(s, body)
+    assert cut is not None, 'a trickled body was not cut within 5 s'
+    assert 0.8 * TIMEOUT <= cut < 3 * TIMEOUT, cut
+    log = r.log()
+    assert 'Secret-Pad' not in log and 'ppppp' not in log and 'Traceback' not in log
+    assert 'closed a client connection: request head not complete' in log
+    assert 'closed a client connection: request body too slow' in log
+
+
+def test_slow_stream_is_not_cut_by_the_client_timeout(slow):
+    """A stream that takes ~3 s (1.5 s to its first chunk, 1.5 s between chunks: each gap longer
+    than the 1 s client timeout) arrives whole, and the connection serves the next request."""
+    r = slow[1]
+    with connect(r) as s:
+        start = time.monotonic()
+        s.sendall(post(chat('s1', stream=True)))
+        reader = Reader(s)
+        status, headers, body = reader.answer()
+        took = time.monotonic() - start
+        assert status == 200 and headers['content-type'].startswith('text/event-stream')
+        assert body.count(b'data: ') == 3 and body.endswith(b'data: [DONE]\n\n')
+        assert took > 2.5 * TIMEOUT, took
+        s.sendall(b'GET /health HTTP/1.1\r\nHost: x\r\n\r\n')
+        assert reader.answer()[0] == 200
+
+
+def test_204_from_the_backend_is_relayed_without_a_body(slow):
+    """The double answers model 'empty' with 204 and no body (test-only): the client gets 204
+    without Content-Length, Transfer-Encoding or body, and the connection stays usable."""
+    sg, r = slow
+    with connect(r) as s:
+        empty = json.dumps({'model': 'empty', 'messages': []}).encode()
+        s.sendall(post(empty))
+        reader = Reader(s)
+        status, headers, dummy = reader.answer(head_only=True)
+        assert status == 204
+        assert 'content-length' not in headers and 'transfer-encoding' not in headers
+        assert 'connection' not in headers                 # keep-alive
+        assert sg.stats()['last_body_sha256'] == hashlib.sha256(empty).hexdigest()
+        s.sendall(post(chat('s1')))                          # a body after the 204 would break this answer
+        status, dummy, body = reader.answer()
+        assert status == 200 and json.loads(body)['object'] == 'chat.completion'
+        assert reader.buf == b''
+
+
+def test_stream_head_is_sent_before_a_slow_first_chunk(slow):
+    """The backend sends its stream's head at once and its first chunk 1.5 s later: the client gets
+    the status line and headers through the router within 0.5 s, the first chunk after 1.5 s."""
+    r = slow[1]
+    with connect(r) as s:
+        start = time.monotonic()
+        s.sendall(post(chat('s1', stream=True)))
+        reader = Reader(s)
+        status, headers, dummy = reader.answer(head_only=True)
+        head_at = time.monotonic() - start
+        assert status == 200 and headers['transfer-encoding'] == 'chunked'
+        assert headers['content-type'].startswith('text/event-stream')
+        assert reader.buf == b''                             # no chunk came with the head
+        size = int(reader._until(b'\r\n'), 16)             # pylint: disable=protected-access
+        first_at = time.monotonic() - start
+        assert reader._exactly(size).startswith(b'data: ')  # pylint: disable=protected-access
+    assert head_at < 0.5, head_at
+    assert first_at >= 1.4, first_at

@@ -34,6 +34,7 @@ def test_good_config_parses_with_defaults():
     cfg = router.parse_config(copy.deepcopy(GOOD), ENV)
     assert (cfg.host, cfg.port, cfg.swap_policy, cfg.readiness_timeout) == ('0.0.0.0', 4000, 'exclusive', 300.0)
     assert cfg.systemctl == ['/usr/bin/systemctl']
+    assert cfg.client_timeout == 75.0
     assert cfg.client_keys == ['k-new', 'k-old']
     assert cfg.backends['qwen'].url == 'http://127.0.0.1:8080'          # trailing slash dropped
     assert cfg.backends['qwen'].key == '' and cfg.backends['qwen'].unit == 'llamacpp@qwen.service'
@@ -79,6 +80,11 @@ def edit(path, value):
     (('listen', 'hots'), 'x', 'listen: unknown field(s) hots'),
     (('swap_policy',), 'greedy', "swap_policy: must be one of exclusive, shared, got 'greedy'"),
     (('readiness_timeout',), -1, 'readiness_timeout: must be greater than 0'),
+    (('client_timeout',), 0, 'client_timeout: must be greater than 0'),
+    (('client_timeout',), -2.5, 'client_timeout: must be greater than 0'),
+    (('client_timeout',), '75s', 'client_timeout: expected float, got str'),
+    (('client_timeout',), True, 'client_timeout: expected float, got bool'),
+    (('client_timeout',), float('inf'), 'client_timeout: must be a finite number'),
     (('systemctl',), '/usr/bin/systemctl', 'systemctl: expected list, got str'),
     (('systemctl',), [], 'systemctl: expected a non-empty list'),
     (('log_level',), 'chatty', "log_level: must be DEBUG, INFO, WARNING or ERROR"),
