@@ -405,7 +405,8 @@ class Answer:
         self.error = None              # an UpstreamError that ends this answer
         self.last = False              # the piece chunks() yields now is the last one
         self.heard = False             # any byte of this answer arrived
-        self.streaming = False         # taken by chunks(): the backend may be paused for a slow client
+        self.whole = False             # read() wants it whole: never paused (else paused at 1 MiB
+                                       # held, also before the relay has chosen how to take it)
         self.waiter = None
         loop = link.loop
         self.seen = loop.time()        # when bytes last arrived
@@ -447,6 +448,10 @@ class Answer:
         return self
 
     async def read(self):
+        self.whole = True
+        if self.link.paused:
+            self.link.paused = False
+            self.link.transport.resume_reading()
         while not self.complete:
             if self.error is not None:
                 raise self.error
@@ -459,7 +464,6 @@ class Answer:
         """Yield the body as it arrives; what arrived together comes out as one piece (``last`` is
         set before the final one). The connection goes back to the pool after the last piece."""
         link = self.link
-        self.streaming = True
         while True:
             if self.parts:
                 parts, self.parts, self.held = self.parts, [], 0
@@ -598,7 +602,7 @@ class Link(asyncio.Protocol):
         self.received += len(data)
         a.parts.append(data)
         a.held += len(data)
-        if a.held > _HIGH_WATER and a.streaming and not self.paused:
+        if a.held > _HIGH_WATER and not a.whole and not self.paused:
             self.paused = True
             self.transport.pause_reading()
         a.wake()

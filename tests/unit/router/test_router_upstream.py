@@ -173,6 +173,7 @@ def test_a_slow_reader_of_a_stream_pauses_the_backend_and_then_gets_every_byte()
 
     async def scenario(up):
         answer = await up.request('POST', '/', {}, b'', timeout=5)
+        await asyncio.sleep(0.2)                 # the relay is slow to start taking the body, too
         sizes = []
         async for data in answer.chunks():
             sizes.append(len(data))
