@@ -405,8 +405,7 @@ class Answer:
         self.error = None              # an UpstreamError that ends this answer
         self.last = False              # the piece chunks() yields now is the last one
         self.heard = False             # any byte of this answer arrived
-        self.whole = False             # read() wants it whole: never paused (else paused at 1 MiB
-                                       # held, also before the relay has chosen how to take it)
+        self.whole = False             # taken by read(): never paused (else paused at 1 MiB held)
         self.waiter = None
         loop = link.loop
         self.seen = loop.time()        # when bytes last arrived
