@@ -448,9 +448,7 @@ class Answer:
 
     async def read(self):
         self.whole = True
-        if self.link.paused:
-            self.link.paused = False
-            self.link.transport.resume_reading()
+        self.link.resume()
         while not self.complete:
             if self.error is not None:
                 raise self.error
@@ -466,9 +464,7 @@ class Answer:
         while True:
             if self.parts:
                 parts, self.parts, self.held = self.parts, [], 0
-                if link.paused:
-                    link.paused = False
-                    link.transport.resume_reading()
+                link.resume()
                 self.last = self.complete
                 yield parts[0] if len(parts) == 1 else b''.join(parts)
             elif self.complete:
@@ -509,11 +505,24 @@ class Link(asyncio.Protocol):
         self.fed = 0                   # bytes fed while the current answer's head was incomplete
         self.head_size = 0             # header (then trailer) bytes of the current answer
 
-    def send(self, data, timeout):
+    async def exchange(self, data, timeout, reused):
+        """Send one request; return its Answer once the head arrived (else the connection is closed).
+        reused: the connection served an answer before (a close without a byte is then _Stale)."""
+        self.reused = reused
         self.answer = answer = Answer(self, timeout)
         self.fed = self.head_size = 0
         self.transport.write(data)
-        return answer
+        try:
+            return await answer.head()
+        except BaseException:
+            answer.release()
+            raise
+
+    def resume(self):
+        """Read again after a pause for a slow consumer."""
+        if self.paused:
+            self.paused = False
+            self.transport.resume_reading()
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -642,15 +651,10 @@ class Upstream:
             link = self.idle.pop()
             if link.closed:
                 continue
-            link.reused = True
-            answer = link.send(data, timeout)
             try:
-                return await answer.head()
+                return await link.exchange(data, timeout, reused=True)
             except _Stale:
-                answer.release()
-            except BaseException:
-                answer.release()
-                raise
+                pass
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout):
@@ -659,13 +663,7 @@ class Upstream:
             raise UpstreamError('connect timed out after %g s' % self.connect_timeout) from None
         except OSError as e:
             raise UpstreamError('cannot connect: %s' % (e.strerror or type(e).__name__)) from None
-        link.reused = False
-        answer = link.send(data, timeout)
-        try:
-            return await answer.head()
-        except BaseException:
-            answer.release()
-            raise
+        return await link.exchange(data, timeout, reused=False)
 
 
 # ---------------------------------------------------------------------------------------------
