@@ -9,7 +9,10 @@ router's percentile minus the direct percentile over all rounds. Proxy CPU per r
 /proc/<router pid>/stat (utime + stime) over the router's rounds only.
 
 The load generator is a raw keep-alive HTTP/1.1 client on asyncio streams (content-length and
-chunked answers), so the client's own cost stays small and identical for both targets.
+chunked answers) running on uvloop, so that its own cost stays small and identical for both targets.
+It shares the machine's cores with the router and the backend (on a GPU host the clients are
+elsewhere), so its CPU per request is printed too: ``--client-loop asyncio`` runs it on the standard
+event loop, as this bench did before 2026-11-26, at about twice the CPU per request.
 
     .venv/bin/python bench/router_overhead.py [--rounds 5] [--requests 300] [--chunk-delay 0]
     .venv/bin/python bench/router_overhead.py --router-b /tmp/router_old.py   # A/B: two routers, one run
@@ -35,6 +38,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import uvloop
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENT_KEY = 'bench-client-key'
@@ -135,6 +140,8 @@ def main():
     ap.add_argument('--router-b', help='a second router.py (B), measured interleaved with A in the same rounds')
     ap.add_argument('--log-level', default='INFO', choices=('DEBUG', 'INFO', 'WARNING', 'ERROR'),
                     help="the routers' log_level (default INFO, as the role deploys: a line per request)")
+    ap.add_argument('--client-loop', default='uvloop', choices=('uvloop', 'asyncio'),
+                    help="the load generator's event loop (default uvloop: the cheaper client)")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix='router-bench-'))
@@ -168,6 +175,8 @@ def main():
         targets = ['direct'] + labels
         samples = {(m, c, t): [] for m, c in cases for t in targets}
         cpu = {(t, c): [0.0, 0] for t in labels for c in (1, 16)}
+        client_cpu = {t: [0.0, 0] for t in targets}    # the load generator's own CPU at C=16
+        run = uvloop.run if args.client_loop == 'uvloop' else asyncio.run
         for rnd in range(args.rounds):
             for m, c in cases:
                 shift = rnd % len(targets)
@@ -176,8 +185,11 @@ def main():
                         port, key, pid = bport, BACKEND_KEY, None
                     else:
                         port, key, pid = routers[target][1], CLIENT_KEY, routers[target][0].pid
-                    c0 = cpu_seconds(pid) if pid else 0.0
-                    res = asyncio.run(run_case(port, key, bodies[m], c, args.requests))
+                    c0, own0 = cpu_seconds(pid) if pid else 0.0, time.process_time()
+                    res = run(run_case(port, key, bodies[m], c, args.requests))
+                    if c == 16:
+                        client_cpu[target][0] += time.process_time() - own0
+                        client_cpu[target][1] += len(res) + c
                     if pid:
                         cpu[(target, c)][0] += cpu_seconds(pid) - c0
                         cpu[(target, c)][1] += len(res) + c      # + warm-up requests
@@ -189,7 +201,8 @@ def main():
             p.wait(15)
 
     print('\nrouter overhead, loopback, %d rounds x %d requests per case and target, chunk delay %g s, %d chunks, '
-          'router log_level %s' % (args.rounds, args.requests, args.chunk_delay, args.chunks, args.log_level))
+          'router log_level %s, client on %s' % (args.rounds, args.requests, args.chunk_delay, args.chunks,
+                                                 args.log_level, args.client_loop))
     for label in labels:
         print('%-8s = %s' % (label, args.router if label == 'router' else args.router_b))
     print('load average: %s' % ' '.join(Path('/proc/loadavg').read_text().split()[:3]))
@@ -208,6 +221,8 @@ def main():
         for c in (1, 16):
             print('router CPU per request at C=%d: %.3f ms (over %d requests, all modes)'
                   % (c, cpu[(label, c)][0] / cpu[(label, c)][1] * 1000, cpu[(label, c)][1]))
+    print('load generator CPU per request at C=16: %s' % ', '.join(
+        '%s %.3f ms' % (t, v[0] / v[1] * 1000) for t, v in client_cpu.items()))
     print('noise floor on the reference 2-core machine: ~0.06 ms at C=1, ~1.4 ms at C=16 (p99 +/- 3.5 ms)')
 
 
