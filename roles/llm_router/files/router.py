@@ -1031,8 +1031,8 @@ async def relay(app, req, model, body):
     stream = None
     try:
         answer = await b.upstream.request('POST', req.target, headers, body, timeout=b.read_timeout)
-        ctype = answer.headers.get('content-type', 'application/octet-stream')
-        if answer.length is not None and not ctype.startswith('text/event-stream'):
+        ctype = answer.headers.get('content-type')          # None: the backend sent none, nor do we
+        if answer.length is not None and not (ctype or '').startswith('text/event-stream'):
             return answer.status, Reply(answer.status, await answer.read(), ctype)
         stream = req.conn.stream(req, answer.status, ctype)
         async for chunk in answer.chunks():
@@ -1312,7 +1312,8 @@ def _date_header():
 
 
 class Reply:
-    """A whole answer: status, body bytes, content type, extra (name, value) headers."""
+    """A whole answer: status, body bytes, content type (None: no Content-Type header), extra
+    (name, value) headers."""
     __slots__ = ('status', 'body', 'ctype', 'headers')
 
     def __init__(self, status, body, ctype, headers=()):
@@ -1604,10 +1605,11 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
     def head(self, req, status, ctype, extra=b''):
-        """Status line and headers of an answer to req."""
-        return b'HTTP/1.1 %d %s\r\nContent-Type: %s\r\n%s%s%s\r\n' % (
-            status, _REASONS.get(status, b'Unknown'), ctype.encode('latin-1', 'replace'), _date_header(), extra,
-            b'' if req.keep_alive else b'Connection: close\r\n')
+        """Status line and headers of an answer to req (no Content-Type when ctype is None)."""
+        return b'HTTP/1.1 %d %s\r\n%s%s%s%s\r\n' % (
+            status, _REASONS.get(status, b'Unknown'),
+            b'' if ctype is None else b'Content-Type: %s\r\n' % ctype.encode('latin-1', 'replace'),
+            _date_header(), extra, b'' if req.keep_alive else b'Connection: close\r\n')
 
     def send(self, req, reply):
         """A whole answer in one write (204 and 304 carry neither body nor Content-Length)."""

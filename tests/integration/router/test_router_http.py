@@ -3,7 +3,8 @@
 """router.py's own HTTP/1.1 server, over raw sockets on loopback: framing of what clients send
 (chunked bodies, pipelining, malformed requests, limits, Expect), HEAD, 405, backpressure
 towards a client that reads slowly, the client timeout (idle, trickled head, trickled body; slow
-streams are not cut), a bodiless 204 relayed, and a stream's head sent before a slow first chunk."""
+streams are not cut; a pipelined request's time starts after the answer before it), a bodiless 204
+relayed, and a stream's head sent before a slow first chunk."""
 
 import hashlib
 import json
@@ -323,9 +324,30 @@ def test_slow_stream_is_not_cut_by_the_client_timeout(slow):
         assert reader.answer()[0] == 200
 
 
+def test_a_pipelined_request_gets_its_time_after_the_answer_before_it(slow):
+    """The client pipelines half of a second head behind a ~3 s stream: the head began 3 s (three
+    timeouts) before the stream ended, but the router was busy, not the client, so the client's
+    time starts when that answer ends. The rest of the head, sent 0.5 s after the stream's end, is
+    answered; the idle connection is then closed about one timeout after that answer."""
+    r = slow[1]
+    with connect(r) as s:
+        s.sendall(post(chat('s1', stream=True)) + b'GET /health HTTP/1.1\r\n')
+        reader = Reader(s)
+        status, dummy, body = reader.answer()
+        assert status == 200 and body.endswith(b'data: [DONE]\n\n')
+        time.sleep(TIMEOUT / 2)
+        s.sendall(b'Host: x\r\n\r\n')
+        status, dummy, body = reader.answer()
+        assert status == 200 and json.loads(body)['status']
+        start = time.monotonic()
+        assert reader.closed(timeout=5)
+        assert 0.8 * TIMEOUT <= time.monotonic() - start < 3 * TIMEOUT
+
+
 def test_204_from_the_backend_is_relayed_without_a_body(slow):
-    """The double answers model 'empty' with 204 and no body (test-only): the client gets 204
-    without Content-Length, Transfer-Encoding or body, and the connection stays usable."""
+    """The double answers model 'empty' with 204 and no body or Content-Type (test-only): the
+    client gets 204 without Content-Length, Transfer-Encoding, Content-Type or body (the router adds
+    no header the backend did not send), and the connection stays usable."""
     sg, r = slow
     with connect(r) as s:
         empty = json.dumps({'model': 'empty', 'messages': []}).encode()
@@ -334,6 +356,7 @@ def test_204_from_the_backend_is_relayed_without_a_body(slow):
         status, headers, dummy = reader.answer(head_only=True)
         assert status == 204
         assert 'content-length' not in headers and 'transfer-encoding' not in headers
+        assert 'content-type' not in headers
         assert 'connection' not in headers                 # keep-alive
         assert sg.stats()['last_body_sha256'] == hashlib.sha256(empty).hexdigest()
         s.sendall(post(chat('s1')))                          # a body after the 204 would break this answer
