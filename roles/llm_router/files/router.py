@@ -37,6 +37,7 @@ import logging
 import math
 import os
 import re
+import resource
 import signal
 import socket
 import ssl
@@ -1744,6 +1745,19 @@ async def serve(cfg, config_path):
     ACCESS.flush()
 
 
+def raise_open_file_limit():
+    """Every client connection and every backend connection is a file descriptor: raise the soft
+    open-file limit (1024 for a systemd service unless LimitNOFILE= says otherwise) to the hard one
+    (524288 by default). Returns the limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):    # an unlimited hard limit cannot be the soft one
+            return soft
+    return hard
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description='gpufleet.llm OpenAI-compatible router')
     parser.add_argument('--config', required=True, help='path to the router YAML config')
@@ -1766,8 +1780,8 @@ def main(argv=None):
     if args.check:
         print('llm-router: config OK (%d backends, %d models)' % (len(cfg.backends), len(cfg.models)))
         return 0
-    log.info('listening on %s:%d, %d backends, %d models, swap policy %s', cfg.host, cfg.port,
-             len(cfg.backends), len(cfg.models), cfg.swap_policy)
+    log.info('listening on %s:%d, %d backends, %d models, swap policy %s, open-file limit %d', cfg.host,
+             cfg.port, len(cfg.backends), len(cfg.models), cfg.swap_policy, raise_open_file_limit())
     uvloop.run(serve(cfg, args.config))          # uvloop: ~12 % less CPU per request (docs/router.md)
     log.info('stopped')
     return 0

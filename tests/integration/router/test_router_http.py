@@ -4,10 +4,11 @@
 (chunked bodies, pipelining, malformed requests, limits, Expect), HEAD, 405, backpressure
 towards a client that reads slowly, the client timeout (idle, trickled head, trickled body; slow
 streams are not cut; a pipelined request's time starts after the answer before it), a bodiless 204
-relayed, and a stream's head sent before a slow first chunk."""
+relayed, a stream's head sent before a slow first chunk, and the open-file limit raised at start."""
 
 import hashlib
 import json
+import resource
 import select
 import socket
 import time
@@ -383,3 +384,38 @@ def test_stream_head_is_sent_before_a_slow_first_chunk(slow):
         assert reader._exactly(size).startswith(b'data: ')  # pylint: disable=protected-access
     assert head_at < 0.5, head_at
     assert first_at >= 1.4, first_at
+
+
+def test_open_file_limit_is_raised_to_the_hard_limit(procs):
+    """Each client and each backend connection is a file descriptor, and systemd starts a service
+    with a soft open-file limit of 1024. Started with a soft limit of 128, the router raises it to
+    the hard limit and then holds 200 client connections open at once, each answered, and still
+    proxies a request on a new backend connection while they are open."""
+    double, router = procs
+    sg = double('openai', api_keys=[SGLANG_KEY], models='s1')
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert hard >= 512, 'this test needs a hard open-file limit of at least 512, not %d' % hard
+    resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))      # inherited by the router only
+    try:
+        r = router({'backends': {'sg': {'kind': 'sglang', 'url': sg.url, 'key_env': 'SGLANG_KEY'}},
+                    'models': {'s1': {'backend': 'sg'}}})
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    limits = Path('/proc/%d/limits' % r.pid).read_text()
+    line = next(x for x in limits.splitlines() if x.startswith('Max open files')).split()
+    assert int(line[3]) == int(line[4]) == hard, line
+    assert 'open-file limit %d' % hard in r.log()
+    socks = []
+    try:
+        for dummy in range(200):
+            s = connect(r)
+            socks.append(s)
+            s.sendall(b'GET /health HTTP/1.1\r\nHost: x\r\n\r\n')
+            assert Reader(s).answer()[0] == 200
+        with connect(r) as s:
+            s.sendall(post(chat('s1')))
+            status, dummy, body = Reader(s).answer()
+            assert status == 200 and json.loads(body)['object'] == 'chat.completion'
+    finally:
+        for s in socks:
+            s.close()
