@@ -24,7 +24,9 @@ With ``--router-b`` a second router (another version of router.py, same config, 
 front of the same backend and is measured in the same rounds, interleaved with the first (the order
 of direct / A / B rotates every round): on a shared machine only such same-run pairs compare.
 
-Noise floor on the reference 2-core machine: ~0.06 ms at C=1, ~1.4 ms at C=16.
+Noise floor on the reference 2-core machine (two copies of one router.py in one run, load generator on
+uvloop): ~0.04 ms at C=1 and ~0.45 ms at C=16 (p50); p99 ~1.2 ms non-stream, up to ~6 ms for a
+stream's first byte at C=16. With ``--client-loop asyncio`` it was ~0.06 and ~1.4 ms.
 """
 
 import argparse
@@ -223,7 +225,8 @@ def main():
                   % (c, cpu[(label, c)][0] / cpu[(label, c)][1] * 1000, cpu[(label, c)][1]))
     print('load generator CPU per request at C=16: %s' % ', '.join(
         '%s %.3f ms' % (t, v[0] / v[1] * 1000) for t, v in client_cpu.items()))
-    print('noise floor on the reference 2-core machine: ~0.06 ms at C=1, ~1.4 ms at C=16 (p99 +/- 3.5 ms)')
+    print('noise floor on the reference 2-core machine (client on uvloop): ~0.04 ms at C=1, ~0.45 ms at C=16 '
+          '(p99 ~1.2 ms non-stream, up to ~6 ms stream first byte)')
 
 
 if __name__ == '__main__':
