@@ -1780,8 +1780,9 @@ def main(argv=None):
     if args.check:
         print('llm-router: config OK (%d backends, %d models)' % (len(cfg.backends), len(cfg.models)))
         return 0
+    files = raise_open_file_limit()
     log.info('listening on %s:%d, %d backends, %d models, swap policy %s, open-file limit %d', cfg.host,
-             cfg.port, len(cfg.backends), len(cfg.models), cfg.swap_policy, raise_open_file_limit())
+             cfg.port, len(cfg.backends), len(cfg.models), cfg.swap_policy, files)
     uvloop.run(serve(cfg, args.config))          # uvloop: ~12 % less CPU per request (docs/router.md)
     log.info('stopped')
     return 0

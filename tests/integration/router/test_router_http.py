@@ -395,7 +395,7 @@ def test_open_file_limit_is_raised_to_the_hard_limit(procs):
     sg = double('openai', api_keys=[SGLANG_KEY], models='s1')
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert hard >= 512, 'this test needs a hard open-file limit of at least 512, not %d' % hard
-    resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))      # inherited by the router only
+    resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))      # while the router starts: it inherits it
     try:
         r = router({'backends': {'sg': {'kind': 'sglang', 'url': sg.url, 'key_env': 'SGLANG_KEY'}},
                     'models': {'s1': {'backend': 'sg'}}})
