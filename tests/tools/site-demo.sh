@@ -23,18 +23,13 @@ started=$(date +%s)
 say() { printf '\n=== %s\n' "$*"; }
 
 say "1/4 what the demo host needs (built once, then cached)"
-# A fresh Debian machine: podman + runc (test host), debootstrap (its image), a C++ toolchain (llama-server).
-need=()
-for tool in podman runc debootstrap cmake g++ make; do command -v "$tool" >/dev/null || need+=("$tool"); done
-if ((${#need[@]})); then
-  echo "installing ${need[*]} with apt-get"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null
-fi
+# The Debian packages (tests/tools/machine-packages.txt) and the venv came with `make site`.
 tests/hosts/build-image.sh
 mkdir -p "$DEMO"
 chmod 0700 "$DEMO"
 # llama.cpp: a real llama-server binary and a tiny real GGUF model, both for the controller to copy.
-llama_server=$(tests/tools/build-llama-server.sh | tail -n 1)
+tests/tools/step.sh llama-server "llama-server (a cold build takes 8-15 min; then cached)" tests/tools/build-llama-server.sh
+llama_server=$(tests/tools/build-llama-server.sh 2>/dev/null | tail -n 1)
 test -x "$llama_server" || { echo "build-llama-server.sh did not print a binary path" >&2; exit 1; }
 cmp -s "$llama_server" "$DEMO/llama-server" || install -m 0755 "$llama_server" "$DEMO/llama-server"
 if [[ ! -s $DEMO/tiny.gguf ]]; then
@@ -68,7 +63,12 @@ done
 echo "systemd in $NAME: $state"
 
 say "3/4 ansible-playbook gpufleet.llm.site -i $INV"
-ansible-playbook -i "$INV" gpufleet.llm.site "$@"
+status=0
+tests/tools/step.sh site-converge "converge (whole output in the log)" \
+  ansible-playbook -i "$INV" gpufleet.llm.site "$@" || status=$?
+# The recap: what changed and what failed, per host.
+sed -n '/^PLAY RECAP/,$p' build/logs/site-converge.log
+((status == 0)) || exit "$status"
 
 say "4/4 a real request through the router"
 # The client key goes from the demo vault into a 0600 header file, never to the terminal.

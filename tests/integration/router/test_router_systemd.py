@@ -129,7 +129,7 @@ def host(tmp_path_factory):
             assert time.monotonic() < deadline, 'systemd in %s did not boot: %s' % (name, state)
             time.sleep(0.5)
         podman('exec', name, 'sh', '-c', 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive '
-               'apt-get install -y -qq --no-install-recommends polkitd >/dev/null', timeout=600)
+               'apt-get install -y -qq --no-install-recommends polkitd >/dev/null', timeout=600)  # on a test host
         podman('exec', name, 'useradd', '--system', '--no-create-home', '--shell', '/usr/sbin/nologin', 'llm-router')
         podman('cp', str(bundle(tmp_path_factory.mktemp('bundle'))) + '/.', name + ':/')
         podman('exec', name, 'sh', '-c', 'chown -R root:root /opt/llm-router /etc/llm-router /etc/systemd/system '
