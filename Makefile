@@ -19,10 +19,10 @@ help:
 
 # The venv is installed from the lock alone (every package pinned with its hashes, no resolving).
 $(VENV)/.stamp: requirements/dev.txt | machine
-	rm -rf $(VENV)
-	tests/tools/step.sh venv "Python venv $(VENV) from requirements/dev.txt" \
+	@rm -rf $(VENV)
+	@tests/tools/step.sh venv "Python venv $(VENV) from requirements/dev.txt" \
 	  bash -c '$(PY) -m venv $(VENV) && $(VENV)/bin/pip install --disable-pip-version-check --require-hashes --no-deps -r requirements/dev.txt'
-	touch $@
+	@touch $@
 
 # The Debian packages of tests/tools/machine-packages.txt (apt-get as root; names them otherwise).
 machine:
@@ -119,7 +119,7 @@ INVENTORY ?=
 SITE_ARGS ?=
 site: collection
 ifeq ($(strip $(INVENTORY)),)
-	tests/tools/site-demo.sh $(SITE_ARGS)
+	@tests/tools/site-demo.sh $(SITE_ARGS)
 else
 	ansible-playbook -i $(INVENTORY) gpufleet.llm.site $(SITE_ARGS)
 endif
