@@ -55,6 +55,11 @@ def test_built_tarball_installs_and_runs(tmp_path):
     out = galaxy('collection', 'install', '-p', str(installed), str(tarballs[0]), cwd=str(elsewhere),
                  collections_path=str(installed))
     assert 'gpufleet.llm' in out and 'was installed successfully' in out
+    # galaxy.yml's dependency is resolved at install time (here by the copy the `ansible` package bundles).
+    assert 'community.hashi_vault' in out, out
+    top = installed / 'ansible_collections' / 'gpufleet' / 'llm'
+    assert (top / 'LICENSE').is_file() and (top / 'meta' / 'execution-environment.yml').is_file()
+    assert not (top / 'tests').exists() and not (top / 'molecule').exists()
     module_path = installed / 'ansible_collections' / 'gpufleet' / 'llm' / 'plugins' / 'modules' / 'wait_for_backend.py'
     assert module_path.is_file() and not module_path.is_symlink()
 
