@@ -11,11 +11,12 @@ export ANSIBLE_ROLES_PATH := $(CURDIR)/roles
 export CONTAINERS_CONF := $(CURDIR)/tests/hosts/containers.conf
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: role-docs help site test checks machine venv collection lint sanity unit integration security hosts-image molecule clean
+.PHONY: role-docs help site test checks machine venv collection lint sanity unit integration security hosts-image molecule matrix clean
 
 help:
 	@echo "make site   run playbooks/site.yml (against a local systemd test host when no INVENTORY is given)"
 	@echo "make test   everything CI runs: lint, sanity, unit, integration, molecule"
+	@echo "make site-remove   remove the demo host, the test-host image, caches, venv and build/"
 
 # The venv is installed from the lock alone (every package pinned with its hashes, no resolving).
 $(VENV)/.stamp: requirements/dev.txt | machine
@@ -101,13 +102,21 @@ molecule: collection hosts-image llama-server
 	@if [ -s build/logs/molecule-failed ]; then \
 	  echo "=== molecule scenarios FAILED: $$(tr '\n' ' ' < build/logs/molecule-failed)" >&2; exit 1; fi
 
+# The ansible-core version matrix (tests/matrix/README.md): the oldest version meta/runtime.yml claims
+# (2.19, this machine's Python) and the newest on PyPI (2.21, in a Debian 13 image built once with
+# debootstrap), each in a venv of ansible-core alone, the collection built and installed with
+# ansible-galaxy and its declared dependencies only. One line per version with its time.
+matrix: collection
+	@STEP_TAIL_ALWAYS=1 STEP_TAIL=20 tests/tools/step.sh matrix "ansible-core version matrix (2.19, 2.21)" \
+	  env VENV=$(VENV) tests/matrix/matrix.sh
+
 # The test hosts' image and the llama-server build (minutes when not cached; output in
 # build/logs/llama-server.log) are made while the static checks run, one after the other. Then
 # integration tests, the security suite and Molecule scenarios run side by side: most of their time
 # is spent waiting on test hosts, not on the controller's CPU.
 test: collection
 	$(MAKE) --no-print-directory -j2 llama-server checks hosts-image
-	$(MAKE) --no-print-directory -j3 integration security molecule
+	$(MAKE) --no-print-directory -j4 integration security molecule matrix
 
 checks:
 	$(MAKE) --no-print-directory -j1 lint sanity unit
@@ -123,6 +132,15 @@ ifeq ($(strip $(INVENTORY)),)
 else
 	ansible-playbook -i $(INVENTORY) gpufleet.llm.site $(SITE_ARGS)
 endif
+
+# Removes what `make site` made on this machine: the demo host, the test-host image, the cached
+# llama-server build and its ccache, the venv and build/ (the Debian packages it installed stay:
+# build/logs/machine-packages.log names them before this runs).
+.PHONY: site-remove
+site-remove:
+	-podman rm -f $${GPUFLEET_DEMO_HOST:-gpufleet-demo}
+	-podman image rm $${GPUFLEET_HOST_IMAGE:-localhost/gpufleet-host:bookworm}
+	rm -rf $(HOME)/.cache/gpufleet $(VENV) build tests/output
 
 # docs/roles.md from roles/*/meta/argument_specs.yml (tests/unit/test_role_docs.py fails while stale).
 role-docs: venv
