@@ -123,14 +123,16 @@ def test_vault_example_has_the_variables_of_the_example_vault(package):
     with open(os.path.join(inventory, 'DEMO-vault-password.txt'), 'rb') as f:
         secret = VaultSecret(f.read().strip())
     with open(os.path.join(inventory, 'group_vars', 'all', 'vault.yml'), 'rb') as f:
-        demo = yaml.safe_load(VaultLib([('default', secret)]).decrypt(f.read()))
+        # Only the names and types are kept: no key value may reach an assertion message.
+        demo = {name: type(value).__name__
+                for name, value in yaml.safe_load(VaultLib([('default', secret)]).decrypt(f.read())).items()}
     assert sorted(example) == sorted(demo)
     for name, value in example.items():
         if isinstance(value, list):
             assert all('REPLACE' in item for item in value), name
         else:
             assert isinstance(value, str) and value.startswith('REPLACE'), name
-        assert type(value) is type(demo[name]), name  # pylint: disable=unidiomatic-typecheck
+        assert type(value).__name__ == demo[name], name
     text = package['inventories/example/group_vars/all/vault.yml.example'].decode()
     assert 'ansible-vault encrypt' in text
 
