@@ -101,5 +101,5 @@ gpufleet demo is up in $(( $(date +%s) - started )) s.
     curl -sS -H @$DEMO/router-auth.header -H 'Content-Type: application/json' \\
       -d '$body' $url/v1/chat/completions
   (the header file holds the demo client key; it is 0600 and never printed)
-  remove:   podman rm -f $NAME
+  remove:   make site-remove   (the demo host, the test-host image, caches, venv, build/)
 EOF
