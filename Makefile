@@ -133,13 +133,14 @@ else
 	ansible-playbook -i $(INVENTORY) gpufleet.llm.site $(SITE_ARGS)
 endif
 
-# Removes what `make site` made on this machine: the demo host, the test-host image, the cached
-# llama-server build and its ccache, the venv and build/ (the Debian packages it installed stay:
-# build/logs/machine-packages.log names them before this runs).
+# Removes what `make site` (and `make test`) made on this machine: the demo host, the test-host
+# images, the cached llama-server build and its ccache, the venv and build/ (the Debian packages it
+# installed stay: build/logs/machine-packages.log names them before this runs).
 .PHONY: site-remove
 site-remove:
 	-podman rm -f $${GPUFLEET_DEMO_HOST:-gpufleet-demo}
 	-podman image rm $${GPUFLEET_HOST_IMAGE:-localhost/gpufleet-host:bookworm}
+	-podman image rm $${GPUFLEET_MATRIX_IMAGE:-localhost/gpufleet-matrix:trixie}
 	rm -rf $(HOME)/.cache/gpufleet $(VENV) build tests/output
 
 # docs/roles.md from roles/*/meta/argument_specs.yml (tests/unit/test_role_docs.py fails while stale).
