@@ -44,13 +44,15 @@ collection: venv
 	@ln -sfn $(CURDIR) build/collections/ansible_collections/gpufleet/llm
 
 lint: collection
-	ansible-lint --profile production
+	@STEP_TAIL_ALWAYS=1 STEP_TAIL=3 tests/tools/step.sh lint "ansible-lint --profile production" \
+	  ansible-lint --profile production
 
 sanity: collection
-	tests/tools/sanity.sh
+	@STEP_TAIL_ALWAYS=1 STEP_TAIL=6 tests/tools/step.sh sanity "ansible-test sanity (no ignore file)" \
+	  tests/tools/sanity.sh
 
 unit: collection
-	pytest -q tests/unit
+	@STEP_TAIL_ALWAYS=1 STEP_TAIL=3 tests/tools/step.sh unit "unit tests" pytest -q tests/unit
 
 # Each lane's output goes to build/logs/<lane>.log; its last lines (pytest's slowest tests and its
 # summary) are printed when it ends, so lanes running side by side do not interleave.

@@ -7,6 +7,7 @@ set -euo pipefail
 version=${1:?usage: tests/matrix/lock.sh 2.19|2.21}
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$repo/tests/hosts/containers.conf}
+# shellcheck disable=SC2016  # expanded by the bash -c that runs it (REPO, VERSION from its environment)
 compile='python3 -m venv /tmp/gpufleet-piptools && /tmp/gpufleet-piptools/bin/pip install -q --disable-pip-version-check pip-tools==7.6.2 \
   && cd "$REPO" && /tmp/gpufleet-piptools/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
   --no-emit-index-url --no-emit-find-links -o requirements/matrix-core-$VERSION.txt requirements/matrix-core-$VERSION.in'

@@ -16,7 +16,7 @@ mkdir -p "$logs" "$repo/build/matrix"
 
 # The dependency collections come from the `ansible` package pinned in requirements/dev.txt.
 pinned=$(grep -oE '^ansible==[^ ]+' "$repo/requirements/dev.txt" | cut -d= -f3)
-site=$(ls -d "$venv"/lib/python3*/site-packages 2>/dev/null | head -n 1)
+site=$(find "$venv"/lib -mindepth 2 -maxdepth 2 -type d -name site-packages -path '*/python3*' 2>/dev/null | head -n 1)
 if [[ -z $pinned || ! -d $site/ansible-$pinned.dist-info || ! -d $site/ansible_collections ]]; then
   echo "matrix: no ansible $pinned (requirements/dev.txt) in $venv: run make venv" >&2; exit 1
 fi

@@ -18,8 +18,14 @@ print(re.search(r"pip='([0-9.]+)'", inspect.getsource(r)).group(1))
 PY
 )
 mkdir -p ~/.ansible/test/cache
-cp "$top/tests/tools/get_pip_offline.py" ~/.ansible/test/cache/get_pip_${pipver//./_}.py
+cp "$top/tests/tools/get_pip_offline.py" ~/.ansible/test/cache/"get_pip_${pipver//./_}.py"
 if [ -e "$dest/tests/sanity" ] && ls "$dest"/tests/sanity/ignore-*.txt >/dev/null 2>&1; then
   echo "sanity ignore files are not allowed" >&2; exit 1
 fi
-ansible-test sanity --local --python 3.11 --requirements "$@"
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+ansible-test sanity --local --python 3.11 --requirements "$@" 2>&1 | tee "$out"
+# ansible-test skips a test whose program is missing with only a warning: that is not a pass.
+if grep -E 'Required program ".*" not found' "$out" >&2; then
+  echo "a sanity test was skipped: install the program (tests/tools/machine-packages.txt)" >&2; exit 1
+fi
