@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Wall time of playbooks/site.yml: a fresh converge and an idempotent re-run, on 1 and on 4 hosts.
 
-    .venv/bin/python bench/converge.py [--sizes 1 4] [--groups llamacpp llm_router] [--keep]
+    .venv/bin/python bench/converge.py [--sizes 1 4] [--groups llamacpp llm_router] [--connection ssh|podman] [--keep]
 
 Each size gets its own podman systemd test hosts (localhost/gpufleet-host:bookworm, `make
 hosts-image`), named gpufleet-bench-<n>, removed afterwards (also on failure; --keep leaves them).
@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / 'tests' / 'support'))
+from hosts_ssh import ssh_vars  # noqa: E402  pylint: disable=wrong-import-position
 IMAGE = os.environ.get('GPUFLEET_HOST_IMAGE', 'localhost/gpufleet-host:bookworm')
 ENV = dict(os.environ)
 ENV.setdefault('CONTAINERS_CONF', str(REPO / 'tests' / 'hosts' / 'containers.conf'))
@@ -82,45 +84,18 @@ def start_hosts(names):
             time.sleep(0.5)
 
 
-SSHD = ('set -e; export DEBIAN_FRONTEND=noninteractive; apt-get update -qq; '
-        'apt-get install -y -qq --no-install-recommends openssh-server >/dev/null; '  # on a test host
-        'install -d -m 0700 /root/.ssh; printf "%s\\n" "$0" > /root/.ssh/authorized_keys; '
-        'chmod 0600 /root/.ssh/authorized_keys; systemctl enable --now ssh >/dev/null 2>&1')
-
-
-def enable_ssh(names, workdir):
-    """Real GPU hosts are reached over ssh: give each test host sshd and the bench's key (not timed)."""
-    key = workdir / 'id_ed25519'
-    if not key.exists():
-        run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-f', str(key)])
-    pub = (workdir / 'id_ed25519.pub').read_text().strip()
-    procs = [subprocess.Popen(['podman', 'exec', n, 'bash', '-c', SSHD, pub], env=ENV,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for n in names]
-    addresses = {}
-    for name, proc in zip(names, procs):
-        out = proc.communicate()[0]
-        if proc.returncode != 0:
-            raise SystemExit('%s: could not install sshd: %s' % (name, out[-2000:]))
-        addresses[name] = run(['podman', 'inspect', '-f', '{{.NetworkSettings.IPAddress}}', name]).stdout.strip()
-    return str(key), addresses
-
-
 def remove_hosts(names):
     for name in names:
         subprocess.run(['podman', 'rm', '-f', '-t', '2', name], env=ENV, capture_output=True, check=False)
 
 
-def write_inventory(path, names, groups, art, ssh=None):
+def write_inventory(path, names, groups, art, connection):
     """A YAML inventory: every host in every group of the list, vars like inventories/local."""
     variables = dict(KEYS)
-    if ssh:
-        key, addresses = ssh
-        host_map = {n: {'ansible_host': addresses[n]} for n in names}
-        variables.update({
-            'ansible_connection': 'ssh', 'ansible_user': 'root', 'ansible_ssh_private_key_file': key,
-            'ansible_ssh_common_args': '-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR'})
+    host_map = {n: None for n in names}
+    if connection == 'ssh':
+        variables.update(ssh_vars())
     else:
-        host_map = {n: None for n in names}
         variables['ansible_connection'] = 'containers.podman.podman'
     variables.update({
         'ansible_python_interpreter': '/usr/bin/python3',
@@ -189,8 +164,9 @@ def main(argv=None):
     parser.add_argument('--groups', nargs='+', default=['llamacpp', 'llm_router'],
                         choices=['tabbyapi', 'llamacpp', 'sglang', 'llm_router'],
                         help='groups every bench host is in (tabbyapi and sglang: doubles, installed, stopped)')
-    parser.add_argument('--connection', choices=['podman', 'ssh'], default='podman',
-                        help='podman exec (as make site and Molecule) or ssh to sshd in each host (as real hosts)')
+    parser.add_argument('--connection', choices=['ssh', 'podman'], default='ssh',
+                        help='ssh with the host\'s sshd (tests/hosts/ssh-proxy; as make site, Molecule and real '
+                             'hosts) or podman exec (containers.podman.podman, which cannot pipeline)')
     parser.add_argument('--no-pipelining', action='store_true', help='turn ansible.cfg\'s pipelining off')
     parser.add_argument('--keep', action='store_true', help='leave the hosts running')
     parser.add_argument('--json', action='store_true', help='print the figures as JSON too')
@@ -209,8 +185,7 @@ def main(argv=None):
             inventory = work / ('inventory-%d.json' % size)
             start_hosts(names)
             try:
-                ssh = enable_ssh(names, work) if args.connection == 'ssh' else None
-                write_inventory(inventory, names, args.groups, art, ssh)
+                write_inventory(inventory, names, args.groups, art, args.connection)
                 load_before = loadavg()
                 fresh, fresh_cpu, fresh_recap, _fresh_log = converge(inventory, size)
                 again, again_cpu, again_recap, _again_log = converge(inventory, size)

@@ -2,12 +2,13 @@
 # Copyright (c) 2026, gpufleet.llm contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The `unit` option against real systemd: a podman container of localhost/gpufleet-host:bookworm
-(`make hosts-image`) with systemd as PID 1, reached through containers.podman.podman."""
+(`make hosts-image`) with systemd as PID 1, reached over ssh (tests/support/hosts_ssh.py)."""
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import json
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import pytest
 SUPPORT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'support')
 sys.path.insert(0, SUPPORT)
 
+from hosts_ssh import ssh_vars  # noqa: E402
 from run_play import TOP, run_playbook, write_play  # noqa: E402
 
 IMAGE = os.environ.get('GPUFLEET_HOST_IMAGE', 'localhost/gpufleet-host:bookworm')
@@ -70,9 +72,8 @@ def host(tmp_path_factory):
             (units / unit).write_text(text.format(key=KEY))
             podman('cp', str(units / unit), '%s:/etc/systemd/system/%s' % (name, unit))
         podman('exec', name, 'systemctl', 'daemon-reload')
-        inventory = units / 'inventory.ini'
-        inventory.write_text('[hosts]\n%s ansible_connection=containers.podman.podman '
-                             'ansible_python_interpreter=/usr/bin/python3\n' % name)
+        inventory = units / 'inventory.json'
+        inventory.write_text(json.dumps({'hosts': {'hosts': {name: ssh_vars()}}}))
         yield name, str(inventory)
     finally:
         podman('rm', '-f', name, check=False)

@@ -28,6 +28,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(ROOT / 'tests' / 'support'))
+from hosts_ssh import ssh_vars  # noqa: E402  pylint: disable=wrong-import-position
 BIN = Path(sys.executable).parent
 IMAGE = 'localhost/gpufleet-host:bookworm'
 CA = '/usr/local/share/gpufleet-controller-ca.crt'
@@ -130,7 +132,7 @@ class SecurityHost:
         """extra_hosts: names (in every group, like this host) or a dict name -> list of its groups."""
         inv_dir = self.workdir / 'inventory'
         (inv_dir / 'group_vars').mkdir(parents=True, exist_ok=True)
-        host = {'ansible_connection': 'containers.podman.podman', 'ansible_python_interpreter': '/usr/bin/python3'}
+        host = ssh_vars()
         hosts = {self.name: host}
         all_groups = ('tabbyapi', 'llamacpp', 'sglang', 'llm_router')
         extra = extra_hosts if isinstance(extra_hosts, dict) else {h: all_groups for h in extra_hosts or ()}
