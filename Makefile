@@ -76,6 +76,13 @@ llama-server: venv
 	@tests/tools/step.sh llama-server "llama-server (a cold build takes 8-15 min; then cached)" \
 	  tests/tools/build-llama-server.sh
 
+# The wheels of the REAL TabbyAPI (../shared/vendor/tabbyapi, both branches, no extras) for the test
+# hosts' offline installs: fetched once, then cached in ~/.cache/gpufleet/tabbyapi-wheels.
+.PHONY: tabbyapi-wheels
+tabbyapi-wheels: venv
+	@tests/tools/step.sh tabbyapi-wheels "TabbyAPI's wheels for the test hosts (once, then cached)" \
+	  tests/tools/tabbyapi-wheels.sh
+
 # Molecule scenarios (each on its own podman test hosts, so they can run side by side).
 # `make molecule` runs SCENARIOS (default: every directory under molecule/ but those in
 # SCENARIOS_NOT_IN_CI), MOLECULE_JOBS at a time, the longest first; each scenario's output goes to
@@ -90,7 +97,7 @@ ALL_SCENARIOS := $(notdir $(patsubst %/,%,$(wildcard molecule/*/)))
 SCENARIOS ?= $(filter-out $(SCENARIOS_NOT_IN_CI),$(filter $(ALL_SCENARIOS),$(LONGEST_SCENARIOS)) \
 	$(filter-out $(LONGEST_SCENARIOS),$(ALL_SCENARIOS)))
 MOLECULE_JOBS ?= 2
-molecule: collection hosts-image llama-server
+molecule: collection hosts-image llama-server tabbyapi-wheels
 	@test -n "$(SCENARIOS)" || { echo "no scenarios in molecule/" >&2; exit 1; }
 	@mkdir -p build/logs && rm -f build/logs/molecule-failed
 	@printf '%s\n' $(SCENARIOS) | xargs -P $(MOLECULE_JOBS) -I{} bash -c '\
@@ -118,7 +125,7 @@ matrix: collection
 # scenarios run side by side: most of their time is spent waiting on test hosts. (The matrix as a
 # fourth lane there made the CPU-bound Molecule lane, the critical path, slower.)
 test: collection
-	$(MAKE) --no-print-directory -j2 llama-server checks hosts-image matrix
+	$(MAKE) --no-print-directory -j2 llama-server checks hosts-image matrix tabbyapi-wheels
 	$(MAKE) --no-print-directory -j3 integration security molecule
 
 checks:

@@ -92,8 +92,11 @@ def test_instances_run_hardened_as_llamacpp(host):
 
 def test_command_lines_and_environment(host):
     def cmdline(name):
+        """llama-server's command line: the child of the unit's main process, the key-masking launcher."""
         pid = show(host, "llamacpp@%s.service" % name)["MainPID"]
-        return host.check_output("ps -o args= -p %s" % pid)
+        assert host.check_output("ps -o args= -p %s" % pid).startswith(
+            "/usr/bin/python3 -I /usr/local/lib/gpufleet/gpufleet_mask.py --secrets-file /etc/gpufleet/llamacpp/api-keys -- ")
+        return host.check_output("ps -o args= --ppid %s" % pid)
     chat = cmdline("chat")
     code = cmdline("code")
     # /proc/<pid>/environ of the service is closed even to root here (no CAP_SYS_PTRACE): the env

@@ -53,7 +53,8 @@ def test_the_built_server_runs_hardened_on_loopback(host):
     p = show(host, "llamacpp@chat.service")
     assert (p["ActiveState"], p["UnitFileState"], p["User"], p["Group"]) == ("active", "enabled", "llamacpp", "llamacpp")
     assert (p["NoNewPrivileges"], p["ProtectSystem"], p["ProtectHome"], p["PrivateTmp"]) == ("yes", "strict", "yes", "yes")
-    assert host.check_output("ps -o args= -p %s" % p["MainPID"]).startswith(
+    # llama-server is the child of the unit's main process (the key-masking launcher)
+    assert host.check_output("ps -o args= --ppid %s" % p["MainPID"]).startswith(
         "/usr/local/bin/llama-server --host 127.0.0.1 --port 8080 ")
     assert sorted(re.findall(r"\s(\S+):(8080)\s", host.check_output("ss -ltnH"))) == [("127.0.0.1", "8080")]
     stats = host.check_output("stat -c '%n %U:%G %a' /usr/local/bin/llama-server /etc/gpufleet/llamacpp/api-keys "

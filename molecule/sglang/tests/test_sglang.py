@@ -150,8 +150,12 @@ def test_no_key_in_systemctl_status():
 def test_no_key_in_the_journal_fields(host):
     """-o verbose includes journald's trusted fields, e.g. _CMDLINE of every process that logged."""
     journal = host.check_output("journalctl --no-pager -o verbose")
-    assert "_CMDLINE=/opt/sglang-venv/bin/python /usr/local/lib/gpufleet/sglang-launch.py" in journal
+    # SGLang's output reaches journald through the key-masking launcher, which logs it.
+    assert ("_CMDLINE=/usr/bin/python3 -I /usr/local/lib/gpufleet/gpufleet_mask.py --secrets-env SGLANG_API_KEY -- "
+            "/opt/sglang-venv/bin/python /usr/local/lib/gpufleet/sglang-launch.py") in journal
     assert KEY not in journal
+    # SGLang logs its server_args, the key included, at every start: masked.
+    assert "server_args=ServerArgs(model_path=" in journal and "api_key='***'" in journal
 
 
 def test_environment_of_the_service_is_private(host):

@@ -20,7 +20,10 @@ what the roles and the router depend on, as described in docs/backends.md:
   /v1/chat/completions and /v1/completions (stream and non-stream, OpenAI shape), with TabbyAPI's
   headers (x-api-key / x-admin-key / Authorization: Bearer) and 401 bodies.
 
-Only the Python standard library and PyYAML are used.
+* it logs through loguru as TabbyAPI does: the API key and the admin key at every start, to the console
+  and to ``logs/<time>.log`` under the working directory.
+
+Only the Python standard library, PyYAML and loguru are used.
 """
 
 import argparse
@@ -34,6 +37,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import yaml
+from loguru import logger
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SECTIONS = ("network", "logging", "model", "draft_model", "lora", "embeddings", "sampling", "developer")
@@ -130,7 +134,7 @@ class Handler(BaseHTTPRequestHandler):
 
     # --- helpers ---------------------------------------------------------------------------
     def send_json(self, status, data):
-        body = json.dumps(data).encode()
+        body = json.dumps(data, separators=(",", ":")).encode()   # FastAPI's compact JSON
         self.send_response(status)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
@@ -244,6 +248,8 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/v1/model/unload":
             if not self.check_admin():
                 return None
+            if state.loaded is None:
+                return self.send_json(503, {"detail": "No models are currently loaded."})
             state.loaded = None
             return self.send_json(200, {})
         if path in ("/v1/chat/completions", "/v1/completions"):
@@ -289,6 +295,16 @@ class Handler(BaseHTTPRequestHandler):
                                     "choices": [choice], "usage": usage})
 
 
+def setup_logger():
+    """TabbyAPI's sinks (common/logger.py): the console, and logs/{time}.log under the working
+    directory (created at start: a read-only working directory stops the server with
+    PermissionError), rotated at 20 MB and kept a week."""
+    logger.remove()
+    logger.add(sys.stdout, level="INFO", format="{time:YYYY-MM-DD HH:mm:ss.SSS} {level}: {message}")
+    logger.add("logs/{time}.log", level="INFO", format="{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <8} | {message}",
+               rotation="20 MB", retention="1 week")
+
+
 def main():
     parser = argparse.ArgumentParser(description="TabbyAPI test double")
     parser.add_argument("--config", default="config.yml")
@@ -313,10 +329,16 @@ def main():
                          "Set developer.unsafe_launch to start anyway.\n")
         sys.exit(1)
 
+    setup_logger()
     tokens = Tokens(os.path.join(os.getcwd(), "api_tokens.yml"), live=branch() == "main")
     state = State(config, tokens)
     if state.disable_auth:
         print("WARNING: Disabling authentication makes your instance vulnerable.", flush=True)
+    else:
+        # As TabbyAPI does at every start (common/auth.py), to the console and to its log file.
+        logger.info("Your API key is: %s\nYour admin key is: %s\nIf these keys get compromised, make sure to "
+                    "delete api_tokens.yml and restart the server. Have fun!"
+                    % (", ".join(tokens.api_keys), tokens.admin_key))
 
     name = state.model_cfg.get("model_name")
     if name:

@@ -130,6 +130,11 @@ def main(argv=None):
     server.ready_at = time.monotonic() + float(os.environ.get("SGLANG_DOUBLE_STARTUP", "2"))
     print("[double] sglang launch_server model=%s tp=%d on %s:%d ignored=%s"
           % (server.model, args.tp, args.host, args.port, " ".join(ignored)), flush=True)
+    # As SGLang does at every start (sglang/srt/entrypoints/engine.py: logger.info(f"{server_args=}")):
+    # the dataclass repr, the API key included, on stderr.
+    print("[%s] server_args=ServerArgs(model_path=%r, host=%r, port=%d, api_key=%r, tp_size=%d)"
+          % (time.strftime("%Y-%m-%d %H:%M:%S"), args.model_path, args.host, args.port, args.api_key, args.tp),
+          file=sys.stderr, flush=True)
     server.serve_forever()
 
 
