@@ -89,6 +89,17 @@ def test_the_keys_it_prints_at_start_are_masked_in_the_journal_and_its_log_files
         assert key not in journal and key not in text
 
 
+def test_the_real_server_takes_the_config_the_role_wrote_without_a_warning(host):
+    """TabbyAPI validates config.yml at start (an invalid value stops it) and ignores an unknown
+    setting silently (the role refuses one before anything changes). Its only warnings here are the
+    two that developer.unsafe_launch costs."""
+    journal = host.check_output("journalctl --no-pager -o cat -u tabbyapi.service")
+    assert "Config file override detected in args." in journal   # it read the role's config.yml
+    warnings = [line for line in journal.splitlines() if "WARNING" in line]
+    expected = ("UNSAFE: Skipping ExllamaV2 version check.", "If you aren't a developer, please keep this off!")
+    assert warnings and all(any(text in line for text in expected) for line in warnings), warnings
+
+
 def test_listens_on_loopback_only(host):
     listeners = host.check_output("ss -ltnH")
     addresses = re.findall(r"\s(\S+):5000\s", listeners)

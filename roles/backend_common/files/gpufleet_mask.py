@@ -9,7 +9,8 @@ the server's stdout and stderr with each key value replaced by ``***``:
 
 - key values come from the named files (TabbyAPI's api_tokens.yml, llama.cpp's key file: lines of
   ``name: value``, ``name: ["v1", "v2"]``, ``NAME=value`` or a bare value) and environment variables
-  (SGLANG_API_KEY);
+  (SGLANG_API_KEY); a named file that exists but cannot be read stops the launcher before the server
+  starts (a missing one is fine: TabbyAPI with auth off has no api_tokens.yml);
 - a file is read again when it changes (TabbyAPI's main branch re-reads api_tokens.yml while
   running), and a value once seen stays masked: an earlier key is masked after a rotation too;
 - output is masked line by line; a line longer than 64 KiB is passed on in pieces that keep enough of
@@ -71,6 +72,7 @@ class Secrets:
         self._checked = 0.0
         self._pattern = None
         self._lock = threading.Lock()
+        self.unreadable = []    # files that exist but cannot be read (at the first look)
         environ = os.environ if environ is None else environ
         for name in env_names:
             self._add(values_of(environ.get(name, '')) or [environ.get(name, '')])
@@ -100,7 +102,9 @@ class Secrets:
                 try:
                     with open(path, encoding='utf-8', errors='replace') as handle:
                         text = handle.read()
-                except OSError:
+                except OSError as err:
+                    if force:
+                        self.unreadable.append('%s: %s' % (path, err.strerror))
                     continue
                 self._seen[path] = stamp
                 self._add(values_of(text))
@@ -166,6 +170,10 @@ def parse_args(argv):
 def main(argv=None):
     files, env_names, command = parse_args(sys.argv[1:] if argv is None else argv)
     secrets = Secrets(files, env_names)
+    if secrets.unreadable:
+        # Its keys could not be masked: the server is not started (the unit fails, naming the file).
+        sys.stderr.write('gpufleet_mask: cannot read %s\n' % '; '.join(secrets.unreadable))
+        return 2
     try:
         child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except OSError as err:

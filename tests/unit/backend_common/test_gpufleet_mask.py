@@ -121,6 +121,21 @@ def test_sigterm_to_a_command_without_a_handler_ends_the_launcher_by_sigterm():
         assert proc.wait(timeout=20) == -signal.SIGTERM
 
 
+def test_an_unreadable_secrets_file_stops_it_before_the_server_starts(tmp_path):
+    tokens = tmp_path / 'api_tokens.yml'
+    tokens.mkdir()                      # exists, cannot be read as a file (works as root too)
+    started = tmp_path / 'started'
+    proc = launcher('--secrets-file', str(tokens), '--', sys.executable, '-c',
+                    'open(%r, "w").close()' % str(started))
+    assert proc.returncode == 2 and b'cannot read ' + str(tokens).encode() in proc.stderr
+    assert not started.exists()
+
+
+def test_a_missing_secrets_file_is_no_error(tmp_path):
+    proc = launcher('--secrets-file', str(tmp_path / 'absent.yml'), '--', sys.executable, '-c', 'print("up")')
+    assert proc.returncode == 0 and proc.stdout == b'up\n'
+
+
 @pytest.mark.parametrize('args, message', [
     (['--', ], b'no command after --'),
     (['--secrets-fil', 'x', '--', 'true'], b"unknown option '--secrets-fil'"),
