@@ -1,7 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) 2026, gpufleet.llm contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Key rotation on two converged systemd hosts (TabbyAPI double, real llama-server, router) with a
+"""Key rotation on two converged systemd hosts (the real TabbyAPI, main on one and exl2-checkpoint on the
+other, no model; the real llama-server; the router) with a
 real OpenBao dev server and a real ansible-vault file. The tests run in file order and build on
 each other: rotate from OpenBao, interrupt a rotation after the store step and finish it with a
 re-run, rotate from Ansible Vault, then look for every key value ever stored in every -vvv output
@@ -215,3 +216,10 @@ def test_no_key_value_in_any_output_or_journal(host):
     assert len(journal) > 0
     hits = sum(1 for v in values if v in journal)
     assert hits == 0, '%d key values in the journal of %s' % (hits, host.backend.get_hostname())
+    # TabbyAPI logs its keys at every start (and exl2-checkpoint restarts for a key change): masked in
+    # the journal and in TabbyAPI's own log files, for every key of every rotation.
+    files = host.run('cat /var/log/tabbyapi/*.log').stdout
+    for text in (journal, files):
+        assert 'Your API key is: ***' in text and 'Your admin key is: ***' in text
+    hits = sum(1 for v in values if v in files)
+    assert hits == 0, '%d key values in the TabbyAPI log files of %s' % (hits, host.backend.get_hostname())
