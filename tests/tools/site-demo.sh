@@ -45,6 +45,13 @@ tar -C tests/doubles --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner 
 echo "STAND-IN: TabbyAPI = tests/doubles/tabbyapi (archive install method), SGLang = tests/doubles/sglang"
 
 say "2/4 test host $NAME (podman, systemd as PID 1, router on 127.0.0.1:$PORT)"
+# A demo host made from an older test-host image (e.g. one without the sshd Ansible now reaches it
+# through) is replaced: it holds nothing that the converge does not put back.
+if podman container exists "$NAME" &&
+   [[ $(podman inspect -f '{{.Image}}' "$NAME") != "$(podman image inspect -f '{{.Id}}' "$IMAGE")" ]]; then
+  podman rm -f "$NAME" >/dev/null
+  echo "removed $NAME: it was made from an older $IMAGE"
+fi
 if ! podman container exists "$NAME"; then
   podman run -d --name "$NAME" --hostname "$NAME" --systemd=always \
     -p "127.0.0.1:$PORT:4000" "$IMAGE" /sbin/init >/dev/null
