@@ -74,8 +74,9 @@ class Secrets:
         self._lock = threading.Lock()
         self.unreadable = []    # files that exist but cannot be read (at the first look)
         environ = os.environ if environ is None else environ
-        for name in env_names:
-            self._add(values_of(environ.get(name, '')) or [environ.get(name, '')])
+        # An environment variable holds the key itself: no file syntax to read (a key with ':' or '='
+        # in it is masked whole).
+        self._add([environ.get(name, '') for name in env_names])
         self.refresh(force=True)
 
     def _add(self, values):
@@ -162,7 +163,7 @@ def parse_args(argv):
             (files if option == '--secrets-file' else env_names).append(args.pop(0))
         else:
             raise SystemExit('gpufleet_mask: unknown option %r (usage: %s)' % (option, __doc__.split('\n\n')[1].strip()))
-    if not args or len(args) < 2:
+    if len(args) < 2:
         raise SystemExit('gpufleet_mask: no command after --')
     return files, env_names, args[1:]
 

@@ -81,6 +81,12 @@ def test_a_key_from_the_environment_is_masked():
     assert proc.returncode == 0 and proc.stdout == b"server_args=ServerArgs(api_key='***')\n"
 
 
+def test_a_key_from_the_environment_is_masked_whole():
+    """The variable holds the key itself, not a file line: an '=' or ':' in it does not split it."""
+    secrets = gpufleet_mask.Secrets(env_names=['K'], environ={'K': 'abc=defghij:klmnop'})
+    assert secrets.mask(b'key abc=defghij:klmnop.') == b'key ***.'
+
+
 def test_a_key_written_while_the_command_runs_is_masked(tmp_path):
     tokens = tmp_path / 'api_tokens.yml'
     tokens.write_text('api_key: ["%s"]\n' % KEY)
