@@ -254,6 +254,12 @@ def key_previous_by_scope(store):
     return out
 
 
+def key_old_checks(endpoints, previous_by_scope):
+    """[endpoint, index] for every old key of each endpoint's scope: which old key (by its position
+    in key_previous_by_scope) must be sent to which endpoint to prove it refused. No key value."""
+    return [[e, i] for e in endpoints for i in range(len(previous_by_scope.get(e['scope']) or []))]
+
+
 def key_store_problems(read_back, written, versions_before=None):
     """What is wrong after a write, as sentences that name scopes and versions, never a key.
 
@@ -303,4 +309,5 @@ class FilterModule(object):
             'key_values': key_values,
             'key_store_problems': key_store_problems,
             'key_previous_by_scope': key_previous_by_scope,
+            'key_old_checks': key_old_checks,
         }

@@ -15,16 +15,21 @@ PASSWORD = EXAMPLE / 'DEMO-vault-password.txt'
 # The venv's ansible-playbook, also when the venv is not on PATH.
 ANSIBLE_PLAYBOOK = shutil.which('ansible-playbook', path=str(Path(sys.executable).parent)) or 'ansible-playbook'
 
+# What the llm_router role derives when the inventory names no backends (roles/llm_router/vars/main.yml)
+# and the summary site.yml ends with, from the one description of each host's services.
 DERIVED = """
 - name: Show what site.yml derives
   hosts: all
   gather_facts: false
-  vars_files:
-    - {vars_file}
   tasks:
     - name: Derived router config and summary
       ansible.builtin.debug:
-        msg: "{{{{ {{'router': _site_router, 'summary': _site_summary}} | to_json }}}}"
+        msg: >-
+          {{{{ {{'router': vars | gpufleet.llm.backends(role='llm_router') | gpufleet.llm.router_defaults,
+                'services': vars | gpufleet.llm.backends,
+                'summary': vars | gpufleet.llm.backends
+                           | gpufleet.llm.services_summary(ansible_check_mode, ansible_run_tags, ansible_skip_tags)}}
+              | to_json }}}}
 """
 
 
@@ -53,7 +58,7 @@ def playbook(*args, extra_env=None):
 @pytest.fixture(scope='module')
 def derived(tmp_path_factory):
     play = tmp_path_factory.mktemp('site') / 'derived.yml'
-    play.write_text(DERIVED.format(vars_file=REPO / 'playbooks' / 'vars' / 'site_router.yml'))
+    play.write_text(DERIVED.format())
     run = run_playbook('-i', str(EXAMPLE), str(play), extra_env={'ANSIBLE_STDOUT_CALLBACK': 'ansible.posix.json'})
     assert run.returncode == 0, run.stdout + run.stderr
     # The JSON callback's document is the whole of stdout; stderr (warnings of any library) is not data.

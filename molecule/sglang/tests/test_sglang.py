@@ -49,6 +49,9 @@ def test_instances_run_hardened(host):
         assert p["CapabilityBoundingSet"] == "" and p["Restart"] == "on-failure"
         assert "/var/lib/sglang" in p["ReadWritePaths"]
         assert host.check_output("ps -o user= -p %s" % p["MainPID"]).strip() == "sglang"
+    # the one GPU device list, MIG (char-nvidia-caps) included
+    unit = host.file("/etc/systemd/system/sglang@.service").content_string
+    assert "DeviceAllow=char-nvidia-caps rw" in unit.splitlines()
     args = host.check_output("cat /proc/%s/cmdline | tr '\\0' ' '" % show(host, "sglang@code.service")["MainPID"])
     assert "--port 30007 --tp 2" in args and "--served-model-name coder --mem-fraction-static 0.8" in args
 

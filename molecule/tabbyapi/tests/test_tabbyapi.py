@@ -39,6 +39,10 @@ print(json.dumps({
 ''' % (API_KEY, ADMIN_KEY)
 
 
+GPU_DEVICES = ["/dev/nvidiactl rw", "/dev/nvidia-uvm rw", "/dev/nvidia-uvm-tools rw", "/dev/nvidia-modeset rw",
+               "char-nvidia-frontend rw", "char-nvidia-uvm rw", "char-nvidia-caps rw"]
+
+
 def show(host, unit="tabbyapi.service"):
     props = "ActiveState,UnitFileState,User,Group,WorkingDirectory,ExecStart,NoNewPrivileges,ProtectSystem," \
             "ProtectHome,PrivateTmp,PrivateDevices,DevicePolicy,DeviceAllow,ReadWritePaths," \
@@ -71,6 +75,9 @@ def test_service_runs_hardened_as_tabbyapi(host):
     assert owner.strip() == "tabbyapi"
     unit = host.file("/etc/systemd/system/tabbyapi.service").content_string
     assert unit.startswith("#") and "Ansible managed" in unit
+    # the one GPU device list, MIG (char-nvidia-caps) included
+    assert [line for line in unit.splitlines() if line.startswith("DeviceAllow=")] == [
+        "DeviceAllow=%s" % d for d in GPU_DEVICES]
     journal = host.check_output("journalctl --no-pager -o cat")
     for key in KEYS:
         assert key not in unit

@@ -137,3 +137,12 @@ def test_store_problems_name_scopes_and_versions_only():
 def test_short_keys_are_not_generated():
     with pytest.raises(AnsibleFilterError):
         f.new_key(16)
+
+
+def test_old_checks_pair_each_endpoint_with_each_old_key_of_its_scope():
+    endpoints = [{'scope': 'tabbyapi', 'url': 'a'}, {'scope': 'llamacpp', 'url': 'b'}, {'scope': 'llamacpp', 'url': 'c'},
+                 {'scope': 'router', 'url': 'd'}]
+    old = {'tabbyapi': ['t1', 't2'], 'llamacpp': ['l1'], 'router': []}
+    checks = f.key_old_checks(endpoints, old)
+    assert [(e['url'], i) for e, i in checks] == [('a', 0), ('a', 1), ('b', 0), ('c', 0)]
+    assert 't1' not in repr(checks)

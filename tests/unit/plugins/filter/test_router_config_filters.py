@@ -1,0 +1,68 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) 2026, gpufleet.llm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The router's config and key file, built from the llm_router role's variables."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+
+import pytest
+import yaml
+
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.gpufleet.llm.plugins.filter.router_config import (
+    router_backend_list, router_config, router_key_env)
+
+TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..', '..', '..'))
+with open(os.path.join(TOP, 'roles', 'llm_router', 'vars', 'main.yml')) as _f:
+    KIND_KEYS = yaml.safe_load(_f)['_llm_router_kind_keys']
+BACKENDS = {
+    'tabbyapi': {'kind': 'tabbyapi', 'url': 'http://127.0.0.1:5000', 'unit': 'tabbyapi.service'},
+    'llamacpp-a': {'kind': 'llamacpp', 'url': 'http://127.0.0.1:8080', 'unit': 'llamacpp@a.service',
+                   'read_timeout': 600},
+    'remote.vllm': {'kind': 'vllm', 'url': 'https://gpu-2:8000', 'api_key': 'own-key', 'connect_timeout': '2.5'},
+    'plain': {'kind': 'openai', 'url': 'http://10.0.0.9:8000'},
+}
+
+
+def test_backend_list():
+    out = {b['name']: b for b in router_backend_list(BACKENDS, KIND_KEYS)}
+    assert out['tabbyapi'] == {'name': 'tabbyapi', 'kind': 'tabbyapi', 'url': 'http://127.0.0.1:5000',
+                               'unit': 'tabbyapi.service', 'own_key': False, 'key_var': 'tabbyapi_admin_key',
+                               'key_env': 'TABBYAPI_ADMIN_KEY'}
+    assert (out['llamacpp-a']['key_var'], out['llamacpp-a']['key_env']) == ('llamacpp_api_key', 'LLAMACPP_API_KEY')
+    assert out['remote.vllm']['own_key'] and out['remote.vllm']['key_env'] == 'LLM_ROUTER_KEY_REMOTE_VLLM'
+    assert out['remote.vllm']['key_var'] == 'llm_router_backends.remote.vllm.api_key'
+    assert (out['plain']['unit'], out['plain']['key_var'], out['plain']['key_env']) == ('', '', '')
+    with pytest.raises(AnsibleFilterError, match='llm_router_backends must be a mapping'):
+        router_backend_list(['tabbyapi'], KIND_KEYS)
+
+
+def test_config_names_key_variables_only():
+    settings = {'listen': {'host': '0.0.0.0', 'port': 4000}, 'swap_policy': 'exclusive'}
+    config = router_config(router_backend_list(BACKENDS, KIND_KEYS), BACKENDS,
+                           {'m1': {'backend': 'llamacpp-a'}, 7: {'backend': 'plain', 'model': 'x'}}, settings)
+    assert config['listen'] == {'host': '0.0.0.0', 'port': 4000} and config['swap_policy'] == 'exclusive'
+    assert config['backends']['llamacpp-a'] == {'kind': 'llamacpp', 'url': 'http://127.0.0.1:8080',
+                                                'unit': 'llamacpp@a.service', 'key_env': 'LLAMACPP_API_KEY',
+                                                'read_timeout': 600.0}
+    assert config['backends']['remote.vllm'] == {'kind': 'vllm', 'url': 'https://gpu-2:8000',
+                                                 'key_env': 'LLM_ROUTER_KEY_REMOTE_VLLM', 'connect_timeout': 2.5}
+    assert config['backends']['plain'] == {'kind': 'openai', 'url': 'http://10.0.0.9:8000'}
+    assert config['models'] == {'m1': {'backend': 'llamacpp-a', 'model': 'm1'}, '7': {'backend': 'plain', 'model': 'x'}}
+    assert 'own-key' not in repr(config)
+    assert 'backends' not in settings  # the settings given are not changed
+
+
+def test_key_env():
+    blist = router_backend_list(BACKENDS, KIND_KEYS)
+    env = router_key_env(blist, BACKENDS, ['c1', 'c0'], {'tabbyapi_admin_key': 'ta', 'llamacpp_api_key': 'la'})
+    assert env == {'LLM_ROUTER_CLIENT_API_KEYS': 'c1,c0', 'TABBYAPI_ADMIN_KEY': 'ta', 'LLAMACPP_API_KEY': 'la',
+                   'LLM_ROUTER_KEY_REMOTE_VLLM': 'own-key'}
+    with pytest.raises(AnsibleFilterError) as err:
+        router_key_env(blist, BACKENDS, ['c1'], {'tabbyapi_admin_key': 'secret-ta'})
+    assert 'llamacpp_api_key' in str(err.value) and 'secret-ta' not in str(err.value)
