@@ -10,6 +10,7 @@
     {{ llamacpp_instances | gpufleet.llm.llamacpp_instances(llamacpp_port_base, llamacpp_models_dir, llamacpp_ctx_size) }}
     {{ sglang_instances | gpufleet.llm.sglang_instances(sglang_host) }}
     {{ services | gpufleet.llm.services_summary(ansible_check_mode, ansible_run_tags, ansible_skip_tags) }}
+    {{ _backend_common_planned | default({}) | gpufleet.llm.plan_restart(units, 'restart') }}   # handlers
 """
 
 from __future__ import absolute_import, division, print_function
@@ -30,6 +31,18 @@ def _wrap(function):
     run.__name__ = function.__name__
     run.__doc__ = function.__doc__
     return run
+
+
+def plan_restart(planned, units, action='restart'):
+    """The handlers' one convention: note that units need a planned restart ('restart') or only a key
+    re-read ('reread'; the backend reads its key file by itself). A restart covers a re-read, so a
+    unit already noted for 'restart' stays so. Returns a new mapping unit -> action."""
+    if action not in ('restart', 'reread'):
+        raise AnsibleFilterError("plan_restart: action must be restart or reread, got %r" % (action,))
+    out = dict(planned or {})
+    for unit in units or []:
+        out[str(unit)] = 'restart' if out.get(str(unit)) == 'restart' else action
+    return out
 
 
 # role -> label, in the order the summary lists them
@@ -66,4 +79,5 @@ class FilterModule(object):
             'llamacpp_instances': _wrap(_backends.llamacpp_instances),
             'sglang_instances': _wrap(_backends.sglang_instances),
             'services_summary': services_summary,
+            'plan_restart': plan_restart,
         }

@@ -55,16 +55,36 @@ def playbook(*args, extra_env=None):
     return run.returncode, run.stdout + run.stderr
 
 
-@pytest.fixture(scope='module')
-def derived(tmp_path_factory):
-    play = tmp_path_factory.mktemp('site') / 'derived.yml'
+def derive(inventory, tmp_path):
+    play = tmp_path / 'derived.yml'
     play.write_text(DERIVED.format())
-    run = run_playbook('-i', str(EXAMPLE), str(play), extra_env={'ANSIBLE_STDOUT_CALLBACK': 'ansible.posix.json'})
+    run = run_playbook('-i', str(inventory), str(play), extra_env={'ANSIBLE_STDOUT_CALLBACK': 'ansible.posix.json'})
     assert run.returncode == 0, run.stdout + run.stderr
     # The JSON callback's document is the whole of stdout; stderr (warnings of any library) is not data.
     result = json.loads(run.stdout)
     hosts = result['plays'][0]['tasks'][0]['hosts']
     return {name: json.loads(h['msg']) for name, h in hosts.items()}
+
+
+@pytest.fixture(scope='module')
+def derived(tmp_path_factory):
+    return derive(EXAMPLE, tmp_path_factory.mktemp('site'))
+
+
+def test_ipv6_listen_addresses_reach_the_router_in_brackets(tmp_path):
+    """tabbyapi_host '::1' gave the router http://::1:5000 (playbooks/vars/site_router.yml, before
+    gpufleet.llm.backends)."""
+    inventory = tmp_path / 'inv'
+    shutil.copytree(EXAMPLE, inventory)
+    (inventory / 'host_vars' / 'gpu-4090-01.yml').write_text("---\ntabbyapi_host: '::1'\nllm_router_host: '::'\n")
+    (inventory / 'host_vars' / 'gpu-a100-01.yml').write_text("---\nsglang_host: 'fd00::7'\n")
+    hosts = derive(inventory, tmp_path)
+    assert hosts['gpu-4090-01']['router']['backends']['tabbyapi']['url'] == 'http://[::1]:5000'
+    router = [s for s in hosts['gpu-4090-01']['services'] if s['name'] == 'router'][0]
+    assert router['url'] == 'http://127.0.0.1:4000'
+    assert hosts['gpu-a100-01']['router']['backends']['sglang-chat']['url'] == 'http://[fd00::7]:30000'
+    # the other hosts are unchanged
+    assert hosts['gpu-4090-02']['router']['backends']['tabbyapi']['url'] == 'http://127.0.0.1:5000'
 
 
 def test_router_serves_the_backends_of_its_own_host(derived):

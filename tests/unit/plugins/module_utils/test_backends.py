@@ -192,3 +192,16 @@ def test_summary_says_what_runs():
         'router: would run (check mode: the readiness gate was not run)']
     assert services_summary(services, False, ['all'], ['tabbyapi', 'llamacpp', 'sglang', 'llm_router']) == [
         'no gpufleet role ran on this host']
+
+
+def test_plan_restart_a_restart_covers_a_reread():
+    from ansible.errors import AnsibleFilterError
+    from ansible_collections.gpufleet.llm.plugins.filter.backends import plan_restart
+    planned = plan_restart({}, ['tabbyapi.service'], 'reread')
+    assert planned == {'tabbyapi.service': 'reread'}
+    planned = plan_restart(planned, ['tabbyapi.service', 'llamacpp@a.service'], 'restart')
+    assert planned == {'tabbyapi.service': 'restart', 'llamacpp@a.service': 'restart'}
+    assert plan_restart(planned, ['tabbyapi.service'], 'reread') == planned
+    assert plan_restart(None, [], 'restart') == {}
+    with pytest.raises(AnsibleFilterError, match='action must be restart or reread'):
+        plan_restart({}, ['x.service'], 'reload')
