@@ -7,7 +7,7 @@ Pure standard library on purpose: the module ``gpufleet.llm.wait_for_backend`` u
 ``ansible.module_utils.urls`` and the router (``roles/llm_router/files/router.py``) ships a copy of
 this very file next to itself, so both read a backend's answer the same way.
 
-Facts come from docs/backends (TabbyAPI, llama.cpp, SGLang, vLLM): ``/health`` is public on all of
+Facts come from the servers' own sources (TabbyAPI, llama.cpp, SGLang, vLLM): ``/health`` is public on all of
 them, so the probe always calls an endpoint that checks the key.
 """
 

@@ -7,7 +7,7 @@ It stands in for the backends the router sits in front of:
 * ``--kind openai``   a generic OpenAI-compatible server (SGLang/vLLM style): key as
   ``Authorization: Bearer K`` or ``x-api-key: K``; wrong or missing key -> 401 ``{"error":"Unauthorized"}``;
   ``/health`` public; ``/v1/models`` checks the key.
-* ``--kind tabbyapi`` TabbyAPI as docs/backends.md describes it: ``/health`` open
+* ``--kind tabbyapi`` TabbyAPI as its source behaves: ``/health`` open
   (``{"status":"healthy","issues":[]}``); API endpoints take ``x-api-key`` or Bearer, admin endpoints
   ``x-admin-key`` or Bearer; the admin key also works as an API key; every auth failure is 401 with
   ``{"detail":"Please provide an API key"}`` (no key) or ``{"detail":"Invalid API key"}`` (wrong key);

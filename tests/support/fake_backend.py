@@ -3,7 +3,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """A scriptable stand-in for TabbyAPI, llama.cpp, SGLang and vLLM on 127.0.0.1.
 
-It answers the way docs/backends.md says the real servers answer: the same paths, the same
+It answers the way the real servers answer (their sources; the real llama-server and TabbyAPI
+in the integration tests): the same paths, the same
 headers checked the same way, the same status codes and the same error bodies. Tests change its
 state (model loaded, loading, keys) while a waiter polls it, to script "refused, then 503, then
 ready" stories. Standard library only, so tests, integration plays and the bench can all use it.

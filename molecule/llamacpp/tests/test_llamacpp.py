@@ -153,7 +153,7 @@ def test_key_is_checked_and_real_completions_answer(host):
     answers = probe(host)
     for name, a in answers.items():
         assert a["health"] == [200, '{"status":"ok"}'], name
-        # docs/backends.md says /v1/models is public; in llama.cpp build 11434 only /health is.
+        # /v1/models is public in older llama.cpp builds; in build 11434 only /health is.
         assert a["models_nokey"] == [401, INVALID], name
         assert a["props_nokey"] == [401, INVALID], name
         assert a["props_wrong"] == [401, INVALID], name

@@ -2,7 +2,9 @@
 
 It stands in for TabbyAPI's ``main.py`` in the Molecule scenarios of gpufleet.llm, because the real
 server needs GPU inference libraries that cannot be installed on the test machines. It reproduces
-what the roles and the router depend on, as described in docs/backends.md:
+what the roles and the router depend on, as the real server does it (TabbyAPI's own source;
+tests/integration/test_tabbyapi_contract.py runs the same requests against both and fails on any
+difference):
 
 * started as ``<venv>/bin/python main.py [--config PATH]`` from its directory; reads ``config.yml``
   (or ``--config``) and ``api_tokens.yml`` from the working directory. Unknown top-level sections

@@ -1,7 +1,7 @@
 """Test double for ``python -m sglang.launch_server``, for hosts without a GPU.
 
 Stands in for SGLang's OpenAI-compatible server in the Molecule scenarios of gpufleet.llm, because
-SGLang needs CUDA. Standard library only. What it reproduces (docs/backends.md):
+SGLang needs CUDA. Standard library only. What it reproduces (from SGLang's own source):
 
 * ``--model-path P --host H --port 30000 [--api-key K] [--tp N]``; other flags are accepted and ignored.
 * keys as ``Authorization: Bearer K`` or ``x-api-key: K``; paths starting ``/health``, ``/ready``,
