@@ -205,3 +205,11 @@ def test_plan_restart_a_restart_covers_a_reread():
     assert plan_restart(None, [], 'restart') == {}
     with pytest.raises(AnsibleFilterError, match='action must be restart or reread'):
         plan_restart({}, ['x.service'], 'reload')
+
+
+def test_scope_groups_are_the_keys_roles():
+    """The keys role maps key scopes to inventory groups (gpufleet_key_groups); its defaults and the
+    description's must be the same map."""
+    with open(os.path.join(TOP, 'roles', 'keys', 'vars', 'main.yml')) as f:
+        keys_vars = yaml.safe_load(f)
+    assert keys_vars['_keys_default_groups'] == _backends.DEFAULT_GROUPS
