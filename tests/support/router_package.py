@@ -6,7 +6,6 @@ collection's plugins/module_utils/_backend_probe.py. Run it as
 ``python -m llm_router --config PATH`` with PYTHONPATH=DEST."""
 
 import shutil
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
