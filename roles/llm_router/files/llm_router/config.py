@@ -68,7 +68,7 @@ class Config:
     admin_socket: str | None = None    # unix socket of the admin endpoints (drain, resume, reload)
     key_file: str | None = None        # NAME="value" lines read at start and at every reload
     retry_after: int = 5               # Retry-After (seconds) of the 503 for a drained backend
-    client_timeout: float = 75.0       # seconds a client may keep the router waiting (see class Connection)
+    client_timeout: float = 75.0       # seconds a client may keep the router waiting (see server.py)
 
 
 def _get(mapping, key, where, kind, default=None, required=False):

@@ -347,7 +347,7 @@ class Connection(asyncio.Protocol):
 
     def overdue(self, now):
         """Why the client has kept the router waiting too long ('' if it has not): see the
-        comment block above MAX_BODY. Only asked while no answer is being prepared or sent."""
+        module docstring (Client timeout). Only asked while no answer is being prepared or sent."""
         if self.last_active < now - self.app.cfg.client_timeout:
             return 'nothing received' if self.req is None else 'request stalled'
         req = self.req
