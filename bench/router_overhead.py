@@ -1,8 +1,8 @@
 # Copyright (c) 2026, gpufleet.llm contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""How much latency and CPU does router.py add? Loopback only, bounded request counts.
+"""How much latency and CPU does the router add? Loopback only, bounded request counts.
 
-Starts the test double (tests/doubles/openai_backend.py) as the backend and router.py in front of
+Starts the test double (tests/doubles/openai_backend.py) as the backend and the router in front of
 it, then runs interleaved rounds: in each round every case (non-stream / stream, concurrency 1 / 16)
 is measured direct to the backend and through the router, in alternating order. "Added" is the
 router's percentile minus the direct percentile over all rounds. Proxy CPU per request comes from
@@ -17,14 +17,19 @@ event loop, as this bench did before 2026-11-26, at about twice the CPU per requ
     .venv/bin/python bench/router_overhead.py [--rounds 5] [--requests 300] [--chunk-delay 0]
     .venv/bin/python bench/router_overhead.py --router-b /tmp/router_old.py   # A/B: two routers, one run
 
+A router is either the package directory (default: this checkout's roles/llm_router/files/llm_router),
+copied as the role installs it (with plugins/module_utils/_backend_probe.py when it holds none) and
+run as ``python -m llm_router``, or a single router.py of the versions before the package (run as a
+script; its _backend_probe.py is taken from next to it, else from plugins/module_utils).
+
 The routers run with log_level INFO, as the role deploys them (one log line per proxied request,
 written to a file here rather than to journald); ``--log-level WARNING`` measures without those lines.
 
-With ``--router-b`` a second router (another version of router.py, same config, own port) sits in
+With ``--router-b`` a second router (another version of the router, same config, own port) sits in
 front of the same backend and is measured in the same rounds, interleaved with the first (the order
 of direct / A / B rotates every round): on a shared machine only such same-run pairs compare.
 
-Noise floor on the reference 2-core machine (two copies of one router.py in one run, load generator on
+Noise floor on the reference 2-core machine (two copies of one router in one run, load generator on
 uvloop): ~0.04 ms at C=1 and ~0.45 ms at C=16 (p50); p99 ~1.2 ms non-stream, up to ~6 ms for a
 stream's first byte at C=16. With ``--client-loop asyncio`` it was ~0.06 and ~1.4 ms.
 """
@@ -44,6 +49,10 @@ from pathlib import Path
 import uvloop
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / 'tests/support'))
+
+import router_package  # noqa: E402  pylint: disable=wrong-import-position
+
 CLIENT_KEY = 'bench-client-key'
 BACKEND_KEY = 'bench-backend-key'
 TICK = os.sysconf('SC_CLK_TCK')
@@ -65,6 +74,15 @@ def wait_port(port, proc):
         except OSError:
             time.sleep(0.02)
     sys.exit('port %d never opened' % port)
+
+
+def router_command(path, workdir):
+    """(argv without --config, PYTHONPATH) of the router at path: a package directory (laid out under
+    workdir as the role installs it, python -m llm_router) or a router.py file (run as a script)."""
+    path = Path(path)
+    if path.is_dir():
+        return [sys.executable, '-m', 'llm_router'], str(router_package.install(workdir, source=path))
+    return [sys.executable, str(path)], str(ROOT / 'plugins/module_utils')
 
 
 def cpu_seconds(pid):
@@ -137,9 +155,10 @@ def main():
     ap.add_argument('--requests', type=int, default=300, help='requests per case per target per round')
     ap.add_argument('--chunk-delay', type=float, default=0.0, help='backend pacing between stream chunks (s)')
     ap.add_argument('--chunks', type=int, default=8)
-    ap.add_argument('--router', default=str(ROOT / 'roles/llm_router/files/router.py'),
-                    help='router.py to measure (A); default: this checkout\'s')
-    ap.add_argument('--router-b', help='a second router.py (B), measured interleaved with A in the same rounds')
+    ap.add_argument('--router', default=str(ROOT / 'roles/llm_router/files/llm_router'),
+                    help='the router to measure (A): a package directory or a router.py; default: this checkout\'s package')
+    ap.add_argument('--router-b', help='a second router (B), package directory or router.py, measured interleaved '
+                    'with A in the same rounds')
     ap.add_argument('--log-level', default='INFO', choices=('DEBUG', 'INFO', 'WARNING', 'ERROR'),
                     help="the routers' log_level (default INFO, as the role deploys: a line per request)")
     ap.add_argument('--client-loop', default='uvloop', choices=('uvloop', 'asyncio'),
@@ -151,8 +170,7 @@ def main():
     backend = subprocess.Popen([sys.executable, str(ROOT / 'tests/doubles/openai_backend.py'), '--port', str(bport),
                                 '--api-key', BACKEND_KEY, '--models', 'm1', '--chunks', str(args.chunks),
                                 '--chunk-delay', str(args.chunk_delay)], stderr=subprocess.DEVNULL)
-    env = dict(os.environ, PYTHONPATH=str(ROOT / 'plugins/module_utils'), LLM_ROUTER_CLIENT_API_KEYS=CLIENT_KEY,
-               BENCH_BACKEND_KEY=BACKEND_KEY)
+    env = dict(os.environ, LLM_ROUTER_CLIENT_API_KEYS=CLIENT_KEY, BENCH_BACKEND_KEY=BACKEND_KEY)
     routers = {}                                       # label -> (process, port)
     for label, path in (('router', args.router), ('router B', args.router_b)):
         if path is None:
@@ -163,7 +181,8 @@ def main():
             'listen': {'host': '127.0.0.1', 'port': rport}, 'log_level': args.log_level,
             'backends': {'b': {'kind': 'openai', 'url': 'http://127.0.0.1:%d' % bport, 'key_env': 'BENCH_BACKEND_KEY'}},
             'models': {'m1': {'backend': 'b'}}}))
-        routers[label] = (subprocess.Popen([sys.executable, path, '--config', str(conf)], env=env,
+        argv, pythonpath = router_command(path, tmp / ('router-%d' % rport))
+        routers[label] = (subprocess.Popen(argv + ['--config', str(conf)], env=dict(env, PYTHONPATH=pythonpath),
                                            stderr=open(tmp / ('router-%d.log' % rport), 'wb')), rport)
     labels = list(routers)
     try:

@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The router under bounded load on loopback: 200 concurrent clients across model swaps.
 
-router.py runs in front of two backend processes without units (tests/doubles/openai_backend.py): a
+The router runs in front of two backend processes without units (tests/doubles/openai_backend.py): a
 TabbyAPI double with models a and b (each change of model is a real swap: drain, then
 POST /v1/model/load with the admin key) and an SGLang-like double with model s1. Each client sends
 a, a, b, b (or s1 four times), so the swaps happen while 200 connections are open. Every request

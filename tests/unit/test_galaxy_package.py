@@ -39,7 +39,10 @@ REQUIRED = {
     'playbooks/site.yml', 'playbooks/rotate_keys.yml',
     'inventories/example/hosts.yml', 'inventories/example/group_vars/all/keys.yml',
     'inventories/example/group_vars/all/vault.yml.example',
-} | {'roles/%s/tasks/main.yml' % role for role in ROLES} | {'roles/%s/meta/argument_specs.yml' % role for role in ROLES}
+} | {'roles/%s/tasks/main.yml' % role for role in ROLES} | {'roles/%s/meta/argument_specs.yml' % role for role in ROLES} | {
+    # the router package the llm_router role copies to its hosts, every module of it
+    'roles/llm_router/files/llm_router/' + name
+    for name in os.listdir(os.path.join(TOP, 'roles/llm_router/files/llm_router')) if name.endswith('.py')}
 # Left out at the top of the tarball, whatever else changes.
 FORBIDDEN_TOP = {'tests', 'molecule', 'bench', 'Makefile', 'ansible.cfg', 'requirements', 'requirements.txt',
                  'build', '.venv', '.ci', '.config', '.git', '.gitignore', '.ansible-lint'}

@@ -3,11 +3,13 @@
 The tests run in the order written: the --check --diff run comes first, while the backends are
 still in the state the converge left them (stopped), before any request makes the router start one.
 """
+import hashlib
 import json
 import os
 import re
 import subprocess
 import time
+from pathlib import Path
 
 CLIENT_KEY = "router-test-client-KEY-a90c27"
 OLD_CLIENT_KEY = "router-test-client-OLD-KEY-6b44d1"
@@ -15,9 +17,15 @@ LLAMACPP_KEY = "router-test-llamacpp-KEY-5e1f03"
 WRONG_KEY = "router-test-WRONG-KEY-0000"
 KEYS = (CLIENT_KEY, OLD_CLIENT_KEY, LLAMACPP_KEY)
 UNIT_A, UNIT_B = "llamacpp@tiny-a.service", "llamacpp@tiny-b.service"
+ROOT = Path(__file__).resolve().parents[3]
+# The router package as the role installs it: the modules of files/llm_router plus the collection's
+# _backend_probe.py, in /opt/llm-router/llm_router (python -m llm_router, PYTHONPATH=/opt/llm-router).
+PACKAGE = sorted([p.name for p in (ROOT / "roles/llm_router/files/llm_router").glob("*.py")] + ["_backend_probe.py"])
+ROUTER_CMD = "/opt/llm-router/venv/bin/python -m llm_router --config /etc/llm-router/router.yml"
 PROPS = ("ActiveState,UnitFileState,User,Group,MainPID,NoNewPrivileges,ProtectSystem,ProtectHome,PrivateTmp,"
          "PrivateDevices,PrivateUsers,RestrictAddressFamilies,CapabilityBoundingSet,SystemCallFilter,"
-         "MemoryDenyWriteExecute,ProtectProc,ExecStartPre,ExecReload,EnvironmentFiles,RuntimeDirectory,Restart")
+         "MemoryDenyWriteExecute,ProtectProc,ExecStart,ExecStartPre,ExecReload,Environment,EnvironmentFiles,"
+         "RuntimeDirectory,Restart,WorkingDirectory")
 
 # Runs ON the host (python3 of the image, standard library only): raw answers of the router.
 CLIENT = r'''
@@ -119,10 +127,12 @@ def test_router_runs_hardened_as_llm_router_on_port_4000(host):
     assert set(p["RestrictAddressFamilies"].split()) == {"AF_UNIX", "AF_INET", "AF_INET6"}
     assert p["CapabilityBoundingSet"] == "" and p["Restart"] == "on-failure"
     assert p["SystemCallFilter"] and not p["SystemCallFilter"].startswith("~")  # an allow list
-    assert "router.py --config /etc/llm-router/router.yml --check" in p["ExecStartPre"]
-    # router.py reads its key file itself (so that a reload can re-read it); admin socket in /run/llm-router
+    assert ROUTER_CMD + " ;" in p["ExecStart"]
+    assert ROUTER_CMD + " --check" in p["ExecStartPre"]
+    assert "PYTHONPATH=/opt/llm-router" in p["Environment"].split() and p["WorkingDirectory"] == "/opt/llm-router"
+    # the router reads its key file itself (so that a reload can re-read it); admin socket in /run/llm-router
     assert p.get("EnvironmentFiles", "") == "" and p["RuntimeDirectory"] == "llm-router"
-    assert "router.py --config /etc/llm-router/router.yml --reload" in p["ExecReload"]
+    assert ROUTER_CMD + " --reload" in p["ExecReload"]
     assert host.check_output("stat -c '%U:%G %a %F' /run/llm-router/admin.sock").strip() == \
         "llm-router:llm-router 700 socket"
     status = host.check_output("cat /proc/%s/status" % p["MainPID"])
@@ -135,19 +145,24 @@ def test_router_runs_hardened_as_llm_router_on_port_4000(host):
 
 
 def test_files_owners_modes_and_no_key_outside_the_env_file(host):
-    stats = host.check_output(
-        "stat -c '%n %U:%G %a' /etc/llm-router /etc/llm-router/env /etc/llm-router/router.yml "
-        "/opt/llm-router/router.py /opt/llm-router/_backend_probe.py /etc/polkit-1/rules.d/50-llm-router.rules "
+    stats = host.check_output(                  # LC_ALL=C: the package's files in the order sorted() gives
+        "export LC_ALL=C; stat -c '%n %U:%G %a' /etc/llm-router /etc/llm-router/env /etc/llm-router/router.yml "
+        "/opt/llm-router/llm_router /opt/llm-router/llm_router/* /etc/polkit-1/rules.d/50-llm-router.rules "
         "/etc/systemd/system/llm-router.service")
     assert stats.splitlines() == [
         "/etc/llm-router root:llm-router 750",
         "/etc/llm-router/env root:llm-router 640",
         "/etc/llm-router/router.yml root:llm-router 640",
-        "/opt/llm-router/router.py root:root 644",
-        "/opt/llm-router/_backend_probe.py root:root 644",
+        "/opt/llm-router/llm_router root:root 755",
+    ] + ["/opt/llm-router/llm_router/%s root:root 644" % name for name in PACKAGE] + [
         "/etc/polkit-1/rules.d/50-llm-router.rules root:root 644",
         "/etc/systemd/system/llm-router.service root:root 644",
     ]
+    # one source: the package's _backend_probe.py is the collection's own file (wait_for_backend's)
+    probe = host.check_output("sha256sum /opt/llm-router/llm_router/_backend_probe.py").split()[0]
+    assert probe == hashlib.sha256((ROOT / "plugins/module_utils/_backend_probe.py").read_bytes()).hexdigest()
+    # the router.py and _backend_probe.py of versions before the package are gone
+    assert host.run("test -e /opt/llm-router/router.py || test -e /opt/llm-router/_backend_probe.py").rc != 0
     env = host.check_output("cat /etc/llm-router/env")
     assert 'LLM_ROUTER_CLIENT_API_KEYS="%s,%s"' % (CLIENT_KEY, OLD_CLIENT_KEY) in env
     assert 'LLAMACPP_API_KEY="%s"' % LLAMACPP_KEY in env
@@ -164,7 +179,8 @@ def test_files_owners_modes_and_no_key_outside_the_env_file(host):
     assert host.run("runuser -u llm-router -- head -c0 /etc/llm-router/router.yml").rc == 0
     assert host.run("runuser -u llm-router -- head -c0 /etc/llm-router/env").rc == 0
     assert host.run("runuser -u llm-router -- test -w /etc/llm-router/env").rc != 0
-    assert host.run("runuser -u llm-router -- test -w /opt/llm-router/router.py").rc != 0
+    assert host.run("runuser -u llm-router -- test -w /opt/llm-router/llm_router/config.py").rc != 0
+    assert host.run("runuser -u llm-router -- test -w /opt/llm-router/llm_router").rc != 0
 
 
 def test_systemd_analyze_security_exposure(host):

@@ -1,6 +1,7 @@
 # Copyright (c) 2026, gpufleet.llm contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Real processes on loopback: test doubles (tests/doubles/openai_backend.py) and router.py itself."""
+"""Real processes on loopback: test doubles (tests/doubles/openai_backend.py) and the router itself, its
+package laid out as the role installs it (tests/support/router_package.py)."""
 
 import json
 import os
@@ -16,9 +17,13 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[3]
-ROUTER = ROOT / 'roles/llm_router/files/router.py'
+sys.path.insert(0, str(ROOT / 'tests/support'))
+
+import router_package  # noqa: E402  pylint: disable=wrong-import-position
+
+# The router's command line; PYTHONPATH names the directory install_router() returns.
+ROUTER = [sys.executable, '-m', 'llm_router']
 DOUBLE = ROOT / 'tests/doubles/openai_backend.py'
-MODULE_UTILS = ROOT / 'plugins/module_utils'
 
 CLIENT_KEY = 'ck-current-7f3a9e1b'
 OLD_CLIENT_KEY = 'ck-previous-2c8d4f60'
@@ -32,6 +37,13 @@ def free_port():
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
+
+
+def install_router(tmp_path):
+    """The router package under tmp_path as the role installs it (once per tmp_path); returns the
+    directory for PYTHONPATH."""
+    dest = tmp_path / 'router-package'
+    return dest if (dest / 'llm_router/__main__.py').exists() else router_package.install(dest)
 
 
 def wait_port(port, proc, timeout=15):
@@ -101,11 +113,11 @@ def procs(tmp_path):
         config.setdefault('log_level', 'DEBUG')
         path = tmp_path / ('router-%d.yml' % port)
         path.write_text(yaml.safe_dump(config))
-        full_env = {'PATH': os.environ.get('PATH', ''), 'PYTHONPATH': str(MODULE_UTILS),
+        full_env = {'PATH': os.environ.get('PATH', ''), 'PYTHONPATH': str(install_router(tmp_path)),
                     'LLM_ROUTER_CLIENT_API_KEYS': '%s,%s' % (CLIENT_KEY, OLD_CLIENT_KEY),
                     'TABBY_KEY': TABBY_ADMIN_KEY, 'SGLANG_KEY': SGLANG_KEY}
         full_env.update(env or {})
-        r = Proc([sys.executable, str(ROUTER), '--config', str(path)], port,
+        r = Proc(ROUTER + ['--config', str(path)], port,
                  tmp_path / ('router-%d.log' % port), env=full_env)
         started.append(r)
         return r

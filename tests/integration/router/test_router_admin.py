@@ -1,20 +1,19 @@
 # Copyright (c) 2026, gpufleet.llm contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Planned maintenance on loopback: drain / resume over the admin unix socket, drains meeting swaps,
-and key reloads (router.py --reload and SIGHUP) that keep open connections."""
+and key reloads (python -m llm_router --reload and SIGHUP) that keep open connections."""
 
 import json
 import signal
 import socket
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from router_helpers import (AUTH, CLIENT_KEY, MODULE_UTILS, OLD_CLIENT_KEY, ROUTER, SGLANG_KEY, TABBY_ADMIN_KEY,
-                            chat, free_port, two_backends)
+from router_helpers import (AUTH, CLIENT_KEY, OLD_CLIENT_KEY, ROUTER, SGLANG_KEY, TABBY_ADMIN_KEY,
+                            chat, free_port, install_router, two_backends)
 
 NEW_CLIENT_KEY = 'ck-rotated-0a9b8c7d'
 NEW_SGLANG_KEY = 'sglang-rotated-6f5e4d3c'
@@ -183,9 +182,9 @@ def test_reload_swaps_keys_keeps_connections_and_resumes_a_backend_whose_key_cha
     assert httpx.get(r.url + '/health').json()['backends']['sg']['resume_pending'] is True
     # New keys in the file; --reload returns once they are in force (what ExecReload runs).
     write_keys(keys, [NEW_CLIENT_KEY], NEW_SGLANG_KEY)
-    done = subprocess.run([sys.executable, str(ROUTER), '--config', str(tmp_path / ('router-%d.yml' % r.port)),
-                           '--reload'], capture_output=True, text=True, check=False, timeout=60,
-                          env={'PYTHONPATH': str(MODULE_UTILS)})
+    done = subprocess.run(ROUTER + ['--config', str(tmp_path / ('router-%d.yml' % r.port)), '--reload'],
+                          capture_output=True, text=True, check=False, timeout=60,
+                          env={'PYTHONPATH': str(install_router(tmp_path))})
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result['reloaded'] is True and result['client_keys'] == 1 and result['resumed'] == ['sg']

@@ -1,7 +1,7 @@
 # Copyright (c) 2026, gpufleet.llm contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""router.py's own HTTP/1.1 server, over raw sockets on loopback: framing of what clients send
-(chunked bodies, pipelining, malformed requests, limits, Expect), HEAD, 405, backpressure
+"""The router's own HTTP/1.1 server (llm_router/server.py), over raw sockets on loopback: framing of
+what clients send (chunked bodies, pipelining, malformed requests, limits, Expect), HEAD, 405, backpressure
 towards a client that reads slowly, the client timeout (idle, trickled head, trickled body; slow
 streams are not cut; a pipelined request's time starts after the answer before it), a bodiless 204
 relayed, a stream's head sent before a slow first chunk, and the open-file limit raised at start."""

@@ -1,6 +1,6 @@
 # Copyright (c) 2026, gpufleet.llm contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""router.py in front of real loopback backends: pass-through, streaming, auth, errors, metrics."""
+"""The router in front of real loopback backends: pass-through, streaming, auth, errors, metrics."""
 
 import hashlib
 import json

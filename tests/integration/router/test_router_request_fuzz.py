@@ -1,9 +1,9 @@
 # Copyright (c) 2026, gpufleet.llm contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Fuzzing the running router (hypothesis): random methods, paths, headers and bodies, sent as raw
-bytes over loopback to router.py in front of an SGLang-like double. Whatever arrives, the router
+bytes over loopback to the router in front of an SGLang-like double. Whatever arrives, the router
 answers (a 4xx, or the backend's own answer) and never with a 500 of its own, and no exception
-escapes its handlers (a traceback through router.py in its log). Requests that are not valid HTTP
+escapes its handlers (a traceback through the router's package llm_router in its log). Requests that are not valid HTTP
 are answered 400 without a traceback in the log: the router faces the network, and anyone could
 otherwise fill its journal with multi-line tracebacks without a key."""
 
@@ -15,7 +15,7 @@ import time
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from router_helpers import CLIENT_KEY, DOUBLE, MODULE_UTILS, ROUTER, SGLANG_KEY, Proc, free_port
+from router_helpers import CLIENT_KEY, DOUBLE, ROUTER, SGLANG_KEY, Proc, free_port, install_router
 
 import yaml
 
@@ -25,7 +25,7 @@ METHODS = ['GET', 'POST', 'PUT', 'DELETE', 'HEAD', 'OPTIONS', 'PATCH', 'TRACE', 
 HEADER_NAMES = ['Authorization', 'x-api-key', 'Content-Type', 'Accept', 'X-Api-Key', 'authorization',
                 'Accept-Encoding', 'X-Forwarded-For', 'Cookie', 'Connection']
 # Expect is not fuzzed here: test_expect_header_with_non_utf8_bytes covers it (aiohttp.web, which served
-# clients before router.py's own server, answered a non-UTF-8 Expect with a 500).
+# clients before the router's own server, answered a non-UTF-8 Expect with a 500).
 
 
 @pytest.fixture(scope='module')
@@ -38,18 +38,19 @@ def router_url(tmp_path_factory):
               'backends': {'sg': {'kind': 'sglang', 'url': backend.url, 'key_env': 'SGLANG_KEY', 'read_timeout': 10}},
               'models': {'m1': {'backend': 'sg'}}}
     (tmp / 'router.yml').write_text(yaml.safe_dump(config))
-    env = {'PATH': '/usr/bin:/bin', 'PYTHONPATH': str(MODULE_UTILS), 'LLM_ROUTER_CLIENT_API_KEYS': CLIENT_KEY,
+    env = {'PATH': '/usr/bin:/bin', 'PYTHONPATH': str(install_router(tmp)), 'LLM_ROUTER_CLIENT_API_KEYS': CLIENT_KEY,
            'SGLANG_KEY': SGLANG_KEY}
-    router = Proc([sys.executable, str(ROUTER), '--config', str(tmp / 'router.yml')], rport, tmp / 'router.log', env=env)
+    router = Proc(ROUTER + ['--config', str(tmp / 'router.yml')], rport, tmp / 'router.log', env=env)
     yield router
     router.stop()
     backend.stop()
 
 
 def own_failures(log):
-    """Tracebacks that pass through router.py, and handlers that raised (aiohttp's 'Unhandled exception')."""
+    """Tracebacks that pass through the router's package, and handlers that raised (aiohttp's 'Unhandled
+    exception')."""
     return [block for block in log.split('Traceback (most recent call last):')[1:]
-            if 'router.py' in block] + (['Unhandled exception'] if 'Unhandled exception' in log else [])
+            if '/llm_router/' in block] + (['Unhandled exception'] if 'Unhandled exception' in log else [])
 
 
 def exchange(port, raw, timeout=15):
@@ -117,7 +118,7 @@ def test_router_never_fails_with_500(router_url, method, path, headers, body, ke
 
 
 def test_expect_header_with_non_utf8_bytes(router_url):
-    """aiohttp's default expect handler (router.py's HTTP stack until 2026-11) echoed the header into
+    """aiohttp's default expect handler (the router's HTTP stack until 2026-11) echoed the header into
     its 417 text and failed to encode a non-UTF-8 byte: a 500. The 417 must not echo it."""
     raw = request('POST', '/v1/chat/completions', [('Expect', b'\x80')], b'')
     assert exchange(router_url.port, raw) in (400, 401, 417)

@@ -1,6 +1,6 @@
 # Copyright (c) 2026, gpufleet.llm contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""router.py under REAL systemd: a podman container of localhost/gpufleet-host:bookworm (systemd as
+"""The router under REAL systemd: a podman container of localhost/gpufleet-host:bookworm (systemd as
 PID 1, `make hosts-image`). The router runs as its own user `llm-router` with NoNewPrivileges=yes and
 may start/stop backend units only through the polkit rule roles/llm_router/templates/50-llm-router.rules.j2.
 Backends are the loopback double (tests/doubles/openai_backend.py) run as systemd units.
@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -19,10 +20,14 @@ import jinja2
 import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(ROOT / 'tests/support'))
+
+import router_package  # noqa: E402  pylint: disable=wrong-import-position
+
 IMAGE = os.environ.get('GPUFLEET_HOST_IMAGE', 'localhost/gpufleet-host:bookworm')
 ENV = dict(os.environ, CONTAINERS_CONF=os.environ.get('CONTAINERS_CONF', str(ROOT / 'tests/hosts/containers.conf')))
 SITE = Path(__import__('aiohttp').__file__).resolve().parents[1]
-# router.py needs httptools, yaml and uvloop (roles/llm_router/files/requirements.txt); the rest is the doubles' aiohttp.
+# The router needs httptools, yaml and uvloop (roles/llm_router/files/requirements.txt); the rest is the doubles' aiohttp.
 DEPS = ('aiohttp', 'aiohappyeyeballs', 'aiosignal', 'attr', 'attrs', 'frozenlist', 'multidict', 'propcache',
         'yarl', 'idna', 'yaml', 'typing_extensions.py', 'uvloop', 'httptools')
 CLIENT_KEY, SG_KEY, TABBY_KEY = 'ck-systemd-51c0e2', 'sg-systemd-77ab01', 'tabby-admin-systemd-0f9e3d'
@@ -42,8 +47,8 @@ User=llm-router
 Group=llm-router
 NoNewPrivileges=yes
 EnvironmentFile=/etc/llm-router/env
-Environment=PYTHONPATH=/opt/llm-router/lib
-ExecStart=/usr/bin/python3 /opt/llm-router/router.py --config /etc/llm-router/router.yml
+Environment=PYTHONPATH=/opt/llm-router:/opt/llm-router/lib
+ExecStart=/usr/bin/python3 -m llm_router --config /etc/llm-router/router.yml
 """
 CLIENT = r"""
 import json, sys, time, urllib.request, urllib.error
@@ -71,8 +76,7 @@ def podman(*args, check=True, timeout=300):
 def bundle(tmp):
     opt = tmp / 'opt/llm-router'
     (opt / 'lib').mkdir(parents=True)
-    shutil.copy(ROOT / 'roles/llm_router/files/router.py', opt)
-    shutil.copy(ROOT / 'plugins/module_utils/_backend_probe.py', opt)
+    router_package.install(opt)                         # /opt/llm-router/llm_router/, as the role lays it out
     shutil.copy(ROOT / 'tests/doubles/openai_backend.py', opt)
     (opt / 'client.py').write_text(CLIENT)
     for dep in DEPS:

@@ -44,7 +44,7 @@ KEY_FILES = {
     '/opt/tabbyapi/api_tokens.yml': ('root', 'tabbyapi', '640'),
     '/etc/gpufleet/llamacpp/api-keys': ('root', 'llamacpp', '640'),
     '/etc/sglang/chat.key': ('root', 'root', '600'),
-    '/etc/llm-router/env': ('root', 'llm-router', '640'),   # router.py re-reads it at every reload
+    '/etc/llm-router/env': ('root', 'llm-router', '640'),   # the router re-reads it at every reload
 }
 
 

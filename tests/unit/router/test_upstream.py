@@ -1,14 +1,14 @@
 # Copyright (c) 2026, gpufleet.llm contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""router.py's upstream HTTP/1.1 client against a scripted raw TCP server on loopback: framing
-(content-length, chunked with extensions and trailers, close-delimited), 1xx, keep-alive reuse,
-stale-connection retry and broken answers."""
+"""The router's upstream HTTP/1.1 client (llm_router/upstream.py) against a scripted raw TCP server
+on loopback: framing (content-length, chunked with extensions and trailers, close-delimited), 1xx,
+keep-alive reuse, stale-connection retry and broken answers."""
 
 import asyncio
 
 import pytest
 
-import router
+from llm_router import upstream
 
 
 class Script:
@@ -48,7 +48,7 @@ def run(replies, scenario, close_after=None):
         script = Script(replies, close_after)
         server = await asyncio.start_server(script.handle, '127.0.0.1', 0)
         port = server.sockets[0].getsockname()[1]
-        up = router.Upstream('http://127.0.0.1:%d' % port, connect_timeout=2)
+        up = upstream.Upstream('http://127.0.0.1:%d' % port, connect_timeout=2)
         try:
             return await scenario(up), script
         finally:
@@ -146,7 +146,7 @@ def test_stale_keep_alive_connection_is_retried_once_on_a_fresh_one():
 ])
 def test_broken_answers_raise_upstream_error(reply, what):
     async def scenario(up):
-        with pytest.raises(router.UpstreamError) as e:
+        with pytest.raises(upstream.UpstreamError) as e:
             await fetch(up)
         return str(e.value)
     message = run([reply], scenario, close_after=1)[0]
@@ -203,7 +203,7 @@ def test_silence_inside_a_body_ends_the_answer():
     async def scenario(up):
         answer = await up.request('POST', '/', {}, b'', timeout=0.3)
         pieces = []
-        with pytest.raises(router.UpstreamError, match='no data for 0.3 s'):
+        with pytest.raises(upstream.UpstreamError, match='no data for 0.3 s'):
             async for data in answer.chunks():
                 pieces.append(data)
         answer.release()
@@ -217,21 +217,21 @@ def test_connection_refused_and_idle_pool_closed():
         port = server.sockets[0].getsockname()[1]
         server.close()
         await server.wait_closed()
-        up = router.Upstream('http://127.0.0.1:%d' % port, connect_timeout=2)
-        with pytest.raises(router.UpstreamError, match='cannot connect'):
+        up = upstream.Upstream('http://127.0.0.1:%d' % port, connect_timeout=2)
+        with pytest.raises(upstream.UpstreamError, match='cannot connect'):
             await up.request('GET', '/health', {}, timeout=2)
     asyncio.run(main())
 
 
 def test_no_answer_within_timeout():
     async def scenario(up):
-        with pytest.raises(router.UpstreamError, match='no answer within 0.2 s'):
+        with pytest.raises(upstream.UpstreamError, match='no answer within 0.2 s'):
             await up.request('POST', '/', {}, b'{}', timeout=0.2)
         return True
     assert run([None], scenario)[0]
 
 
 def test_upstream_url_forms():
-    assert (router.Upstream('http://127.0.0.1:5000', 1).port, router.Upstream('https://h.example', 1).port) == (5000, 443)
-    v6 = router.Upstream('http://[::1]:8080', 1)
+    assert (upstream.Upstream('http://127.0.0.1:5000', 1).port, upstream.Upstream('https://h.example', 1).port) == (5000, 443)
+    v6 = upstream.Upstream('http://[::1]:8080', 1)
     assert (v6.host, v6.port, v6.hostheader) == ('::1', 8080, b'[::1]:8080')

@@ -1,13 +1,14 @@
 # Copyright (c) 2026, gpufleet.llm contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The client timeout rules of router.py's HTTP server (Connection.overdue / App.sweep), on a
-Connection fed bytes at chosen times: no network, no event loop, no sleeping."""
+"""The client timeout rules of the router's HTTP server (llm_router/server.py: Connection.overdue;
+llm_router/app.py: App.sweep), on a Connection fed bytes at chosen times: no network, no event
+loop, no sleeping."""
 
 from types import SimpleNamespace
 
 import pytest
 
-import router
+from llm_router import app as app_module, server
 
 T = 10.0
 
@@ -44,15 +45,15 @@ class Transport:
 @pytest.fixture
 def clock(monkeypatch):
     c = Clock()
-    monkeypatch.setattr(router.time, 'monotonic', c)
+    monkeypatch.setattr(server.time, 'monotonic', c)
     return c
 
 
 def connection(clock):
-    app = router.App.__new__(router.App)         # only what the HTTP server part uses
+    app = app_module.App.__new__(app_module.App)         # only what the HTTP server part uses
     app.cfg = SimpleNamespace(client_timeout=T)
     app.connections, app.stopping = set(), False
-    conn = router.Connection(app, False)
+    conn = server.Connection(app, False)
     conn.connection_made(Transport())
     return app, conn
 

@@ -1,8 +1,8 @@
 # Copyright (c) 2026, gpufleet.llm contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Fuzzing router.py's config loader: any YAML-ish document gives a Config or one ConfigError whose
-message starts with the field it is about; never another exception (which would be a traceback at
-start-up instead of a one-line error naming the field)."""
+"""Fuzzing the router's config loader (llm_router/config.py): any YAML-ish document gives a Config or
+one ConfigError whose message starts with the field it is about; never another exception (which
+would be a traceback at start-up instead of a one-line error naming the field)."""
 
 import copy
 import math
@@ -10,14 +10,12 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import yaml
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-import router
+from llm_router import config
 
-ROOT = Path(__file__).resolve().parents[3]
 ENV = {'LLM_ROUTER_CLIENT_API_KEYS': 'fuzz-client-key', 'TABBY_KEY': 'fuzz-tabby-key', 'SG_KEY': 'fuzz-sg-key'}
 GOOD = {
     'listen': {'host': '127.0.0.1', 'port': 4000},
@@ -88,8 +86,8 @@ def mutated(draw):
 
 def check(doc, environ=None):
     try:
-        cfg = router.parse_config(doc, ENV if environ is None else environ)
-    except router.ConfigError as e:
+        cfg = config.parse_config(doc, ENV if environ is None else environ)
+    except config.ConfigError as e:
         message = str(e)
         assert FIELD.match(message), 'error does not start with a field: %r' % message
         assert '\n' not in message
@@ -99,7 +97,7 @@ def check(doc, environ=None):
     # accepted: what was accepted must be usable
     assert isinstance(cfg.port, int) and 0 < cfg.port < 65536
     # NaN compares false with everything: "> 0" lets it through, and every deadline built on it is broken.
-    # (.inf would at least be a deliberate "wait forever"; router.py refuses it as well.)
+    # (.inf would at least be a deliberate "wait forever"; the router refuses it as well.)
     for t in (cfg.readiness_timeout, cfg.drain_timeout, cfg.shutdown_timeout):
         assert isinstance(t, float) and not math.isnan(t) and t > 0, 'timeout %r accepted' % t
     for b in cfg.backends.values():
@@ -129,15 +127,15 @@ def test_nan_timeouts_are_refused():
     assert check(doc) is None
 
 
-def test_mutated_configs_as_files_exit_2_with_one_line(tmp_path):
+def test_mutated_configs_as_files_exit_2_with_one_line(tmp_path, installed_router):
     """A sample of the generated documents through the real entry point (YAML file, --check)."""
     docs = ['1: x\nfoo: y\n', 'readiness_timeout: .nan\n', dict(GOOD, listen={'port': '4000'}), dict(GOOD, backends={'b': []}),
             dict(GOOD, models={'m': {'backend': 'nope'}}), dict(GOOD, listen={'port': 4000, 7: 'x'})]
-    env = dict(ENV, PATH=os.environ['PATH'], PYTHONPATH=str(ROOT / 'plugins/module_utils'))
+    env = dict(ENV, PATH=os.environ['PATH'], PYTHONPATH=str(installed_router))
     for i, doc in enumerate(docs):
         path = tmp_path / ('c%d.yml' % i)
         path.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc))
-        proc = subprocess.run([sys.executable, str(ROOT / 'roles/llm_router/files/router.py'), '--check', '--config',
+        proc = subprocess.run([sys.executable, '-m', 'llm_router', '--check', '--config',
                                str(path)], env=env, capture_output=True, text=True, timeout=60, check=False)
         assert proc.returncode == 2, (doc, proc.stderr)
         assert 'Traceback' not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

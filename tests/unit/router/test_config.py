@@ -1,19 +1,17 @@
 # Copyright (c) 2026, gpufleet.llm contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""router.py config parsing, client-key checks and metrics text, without a network."""
+"""The router's config parsing (llm_router/config.py), without a network; the entry point's
+answer to a bad config."""
 
 import copy
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import given, strategies as st
 
-import router
+from llm_router import config
 
-ROOT = Path(__file__).resolve().parents[3]
 ENV = {'LLM_ROUTER_CLIENT_API_KEYS': 'k-new, k-old ,', 'TABBY_ADMIN': 'secret-admin-value',
        'SGLANG_KEY': 'secret-sglang-value'}
 GOOD = {
@@ -31,7 +29,7 @@ GOOD = {
 
 
 def test_good_config_parses_with_defaults():
-    cfg = router.parse_config(copy.deepcopy(GOOD), ENV)
+    cfg = config.parse_config(copy.deepcopy(GOOD), ENV)
     assert (cfg.host, cfg.port, cfg.swap_policy, cfg.readiness_timeout) == ('0.0.0.0', 4000, 'exclusive', 300.0)
     assert cfg.systemctl == ['/usr/bin/systemctl']
     assert cfg.client_timeout == 75.0
@@ -91,8 +89,8 @@ def edit(path, value):
     (('backend',), {}, 'config: unknown field(s) backend'),
 ])
 def test_bad_config_names_the_field(path, value, message):
-    with pytest.raises(router.ConfigError) as e:
-        router.parse_config(edit(path, value), ENV)
+    with pytest.raises(config.ConfigError) as e:
+        config.parse_config(edit(path, value), ENV)
     assert str(e.value).startswith(message)
 
 
@@ -103,83 +101,33 @@ def test_missing_client_keys_named_by_variable(keys):
         del env['LLM_ROUTER_CLIENT_API_KEYS']
     else:
         env['LLM_ROUTER_CLIENT_API_KEYS'] = keys
-    with pytest.raises(router.ConfigError, match='^LLM_ROUTER_CLIENT_API_KEYS: environment variable is not set'):
-        router.parse_config(copy.deepcopy(GOOD), env)
+    with pytest.raises(config.ConfigError, match='^LLM_ROUTER_CLIENT_API_KEYS: environment variable is not set'):
+        config.parse_config(copy.deepcopy(GOOD), env)
 
 
 def test_top_level_must_be_a_mapping():
-    with pytest.raises(router.ConfigError, match='top level'):
-        router.parse_config(['x'], ENV)
+    with pytest.raises(config.ConfigError, match='top level'):
+        config.parse_config(['x'], ENV)
 
 
-def test_router_refuses_to_start_on_bad_config_and_never_prints_a_key(tmp_path):
+def test_router_refuses_to_start_on_bad_config_and_never_prints_a_key(tmp_path, installed_router):
     bad = edit(('models', 'qwen', 'backend'), 'x')
     path = tmp_path / 'router.yml'
     path.write_text(yaml.safe_dump(bad))
-    env = dict(ENV, PYTHONPATH=str(ROOT / 'plugins/module_utils'))
-    run = subprocess.run([sys.executable, str(ROOT / 'roles/llm_router/files/router.py'), '--config', str(path)],
+    env = dict(ENV, PYTHONPATH=str(installed_router))
+    run = subprocess.run([sys.executable, '-m', 'llm_router', '--config', str(path)],
                          capture_output=True, text=True, env=env, timeout=60, check=False)
     assert run.returncode == 2
     assert "config error: models.qwen.backend: unknown backend 'x'" in run.stderr
     path.write_text(yaml.safe_dump(GOOD))
-    ok = subprocess.run([sys.executable, str(ROOT / 'roles/llm_router/files/router.py'), '--config', str(path),
+    ok = subprocess.run([sys.executable, '-m', 'llm_router', '--config', str(path),
                          '--check'], capture_output=True, text=True, env=env, timeout=60, check=False)
     assert ok.returncode == 0, ok.stderr
     assert 'config OK (3 backends, 3 models)' in ok.stdout
     path.write_text('listen: [unclosed')
-    broken = subprocess.run([sys.executable, str(ROOT / 'roles/llm_router/files/router.py'), '--config', str(path)],
+    broken = subprocess.run([sys.executable, '-m', 'llm_router', '--config', str(path)],
                             capture_output=True, text=True, env=env, timeout=60, check=False)
     assert broken.returncode == 2 and 'is not valid YAML' in broken.stderr
     for out in (run.stdout + run.stderr, ok.stdout + ok.stderr, broken.stdout + broken.stderr):
         for secret in ('secret-admin-value', 'secret-sglang-value', 'k-new', 'k-old'):
             assert secret not in out
-
-
-class Headers(dict):
-    """Case-insensitive enough for presented_key (the real router passes a dict of lower-case names)."""
-
-    def get(self, key, default=None):
-        for k, v in self.items():
-            if k.lower() == key.lower():
-                return v
-        return default
-
-
-@pytest.mark.parametrize('headers,key', [
-    ({'Authorization': 'Bearer abc'}, 'abc'),
-    ({'authorization': 'bearer  abc '}, 'abc'),
-    ({'X-Api-Key': 'abc'}, 'abc'),
-    ({'Authorization': 'Basic abc', 'x-api-key': 'def'}, 'def'),
-    ({'Authorization': 'Bearer abc', 'x-api-key': 'def'}, 'abc'),
-    ({}, ''),
-])
-def test_presented_key(headers, key):
-    assert router.presented_key(Headers(headers)) == key
-
-
-@given(keys=st.lists(st.text(min_size=1, max_size=20), min_size=1, max_size=4), other=st.text(max_size=20))
-def test_key_accepted_iff_configured(keys, other):
-    for k in keys:
-        assert router.key_accepted(k, keys)
-    assert router.key_accepted(other, keys) == (other != '' and other in keys)
-
-
-def test_metrics_render_prometheus_text():
-    m = router.Metrics()
-    m.observe('qwen', 200, 0.003)
-    m.observe('qwen', 200, 0.2)
-    m.observe('a"b', 502, 1.5)
-    m.swap('tabby', 'ok', 12.5)
-    m.backend_auth_failures['sg'] = 2
-    text = m.render()
-    assert 'llm_router_requests_total{model="qwen",status="200"} 2' in text
-    assert 'llm_router_requests_total{model="a\\"b",status="502"} 1' in text
-    assert 'llm_router_request_duration_seconds_bucket{model="qwen",le="0.005"} 1' in text
-    assert 'llm_router_request_duration_seconds_bucket{model="qwen",le="0.25"} 2' in text
-    assert 'llm_router_request_duration_seconds_bucket{model="qwen",le="+Inf"} 2' in text
-    assert 'llm_router_request_duration_seconds_count{model="qwen"} 2' in text
-    assert 'llm_router_swaps_total{backend="tabby",result="ok"} 1' in text
-    assert 'llm_router_swap_duration_seconds_sum{backend="tabby"} 12.500000' in text
-    assert 'llm_router_backend_auth_failures_total{backend="sg"} 2' in text
-    for line in text.splitlines():
-        assert line.startswith('#') or line.startswith('llm_router_')

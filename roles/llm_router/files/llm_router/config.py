@@ -1,0 +1,235 @@
+# Copyright (c) 2026, gpufleet.llm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Config: the YAML file (``--config``) and the key file, checked into a Config of Backends and
+Models, or one ConfigError whose message names the field (and never holds a secret)."""
+
+import asyncio
+import math
+import os
+import re
+from dataclasses import dataclass, field
+
+import yaml
+
+from . import _backend_probe as probe
+
+CLIENT_KEYS_ENV = 'LLM_ROUTER_CLIENT_API_KEYS'
+KINDS = tuple(sorted(probe.PROFILES))           # tabbyapi, llamacpp, sglang, vllm, openai
+POLICIES = ('exclusive', 'shared')
+_UNIT_RE = re.compile(r'^[A-Za-z0-9:_.\\@-]+\.service$')
+_ENV_RE = re.compile(r'^[A-Za-z_][A-Za-z0-9_]*$')
+
+
+class ConfigError(Exception):
+    """A config problem; the message names the field and never contains a secret."""
+
+
+@dataclass
+class Backend:
+    name: str
+    kind: str
+    url: str                       # base URL, no trailing slash
+    unit: str | None               # systemd unit; None = always running, never started/stopped
+    key_env: str | None
+    key: str = field(default='', repr=False)
+    connect_timeout: float = 10.0
+    read_timeout: float = 600.0    # longest silence between two bytes of an answer
+    # Run-time state, owned by the Switchboard.
+    state: str = 'unknown'         # unknown | starting | ready | stopped | failed
+    drained: bool = False          # admin drain: new requests get 503 + Retry-After, no swap touches it
+    resume_pending: bool = False   # a resume found the router's key refused: resumed by the next key reload
+    loaded: str | None = None      # model id the backend reported (TabbyAPI: what we loaded)
+    last_error: str = ''
+    inflight: int = 0
+    idle: asyncio.Event | None = None
+    upstream: 'Upstream | None' = None   # this backend's connection pool
+
+
+@dataclass
+class Model:
+    name: str                      # what clients send
+    backend: Backend
+    backend_model: str             # the backend's own id (TabbyAPI: the model_dir entry to load)
+
+
+@dataclass
+class Config:
+    host: str
+    port: int
+    backends: dict
+    models: dict
+    client_keys: list = field(repr=False)
+    swap_policy: str = 'exclusive'
+    readiness_timeout: float = 300.0
+    drain_timeout: float = 300.0
+    shutdown_timeout: float = 30.0
+    systemctl: list = field(default_factory=lambda: ['/usr/bin/systemctl'])
+    log_level: str = 'INFO'
+    admin_socket: str | None = None    # unix socket of the admin endpoints (drain, resume, reload)
+    key_file: str | None = None        # NAME="value" lines read at start and at every reload
+    retry_after: int = 5               # Retry-After (seconds) of the 503 for a drained backend
+    client_timeout: float = 75.0       # seconds a client may keep the router waiting (see server.py)
+
+
+def _get(mapping, key, where, kind, default=None, required=False):
+    """One typed field of a mapping; the error names ``where.key``."""
+    if key not in mapping or mapping[key] is None:
+        if required:
+            raise ConfigError('%s.%s: required' % (where, key) if where else '%s: required' % key)
+        return default
+    value = mapping[key]
+    name = '%s.%s' % (where, key) if where else key
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise ConfigError('%s: expected %s, got %s' % (name, kind.__name__, type(value).__name__))
+    if kind is float and not math.isfinite(value):
+        raise ConfigError('%s: must be a finite number, got %s' % (name, value))
+    if kind is float and value <= 0:
+        raise ConfigError('%s: must be greater than 0' % name)
+    return value
+
+
+def _show(key):
+    """A YAML key as it goes into a one-line message (keys may be of any type, or hold newlines)."""
+    return key if isinstance(key, str) and key.isprintable() and key.strip() else repr(key)
+
+
+def _no_unknown(mapping, allowed, where):
+    unknown = sorted(set(mapping) - set(allowed), key=str)
+    if unknown:
+        raise ConfigError('%s: unknown field(s) %s' % (where or 'config', ', '.join(map(_show, unknown))))
+
+
+def parse_config(data, environ):
+    """Check a parsed YAML document and the environment; return a Config or raise ConfigError."""
+    if not isinstance(data, dict):
+        raise ConfigError('config: expected a mapping at the top level')
+    _no_unknown(data, ('listen', 'backends', 'models', 'swap_policy', 'readiness_timeout',
+                       'drain_timeout', 'shutdown_timeout', 'systemctl', 'log_level',
+                       'admin_socket', 'key_file', 'retry_after', 'client_timeout'), '')
+    listen = _get(data, 'listen', '', dict, {})
+    _no_unknown(listen, ('host', 'port'), 'listen')
+    host = _get(listen, 'host', 'listen', str, '127.0.0.1')
+    port = _get(listen, 'port', 'listen', int, 4000)
+    if not 0 < port < 65536:
+        raise ConfigError('listen.port: must be 1-65535, got %d' % port)
+
+    backends = {}
+    raw_backends = _get(data, 'backends', '', dict, required=True)
+    if not raw_backends:
+        raise ConfigError('backends: at least one backend is required')
+    for name, spec in raw_backends.items():
+        where = 'backends.%s' % _show(name)
+        if not isinstance(spec, dict):
+            raise ConfigError('%s: expected a mapping' % where)
+        _no_unknown(spec, ('kind', 'url', 'unit', 'key_env', 'connect_timeout', 'read_timeout'), where)
+        kind = _get(spec, 'kind', where, str, required=True)
+        if kind not in KINDS:
+            raise ConfigError('%s.kind: must be one of %s, got %r' % (where, ', '.join(KINDS), kind))
+        url = _get(spec, 'url', where, str, required=True).rstrip('/')
+        if not re.match(r'^https?://[^/\s]+$', url):
+            raise ConfigError('%s.url: expected http(s)://host:port with no path, got %r' % (where, url))
+        unit = _get(spec, 'unit', where, str)
+        if unit is not None and not _UNIT_RE.match(unit):
+            raise ConfigError('%s.unit: expected a systemd service name like x.service, got %r' % (where, unit))
+        key_env = _get(spec, 'key_env', where, str)
+        key = ''
+        if key_env is not None:
+            if not _ENV_RE.match(key_env):
+                raise ConfigError('%s.key_env: not a valid variable name: %r' % (where, key_env))
+            key = environ.get(key_env, '').strip()
+            if not key:
+                raise ConfigError('%s.key_env: environment variable %s is not set or empty' % (where, key_env))
+        backends[name] = Backend(
+            name=name, kind=kind, url=url, unit=unit, key_env=key_env, key=key,
+            connect_timeout=_get(spec, 'connect_timeout', where, float, 10.0),
+            read_timeout=_get(spec, 'read_timeout', where, float, 600.0))
+
+    models = {}
+    raw_models = _get(data, 'models', '', dict, required=True)
+    if not raw_models:
+        raise ConfigError('models: at least one model is required')
+    for name, spec in raw_models.items():
+        where = 'models.%s' % _show(name)
+        if not isinstance(spec, dict):
+            raise ConfigError('%s: expected a mapping' % where)
+        _no_unknown(spec, ('backend', 'model'), where)
+        bname = _get(spec, 'backend', where, str, required=True)
+        if bname not in backends:
+            raise ConfigError('%s.backend: unknown backend %r' % (where, bname))
+        models[str(name)] = Model(str(name), backends[bname], _get(spec, 'model', where, str, str(name)))
+
+    policy = _get(data, 'swap_policy', '', str, 'exclusive')
+    if policy not in POLICIES:
+        raise ConfigError('swap_policy: must be one of %s, got %r' % (', '.join(POLICIES), policy))
+    systemctl = _get(data, 'systemctl', '', list, ['/usr/bin/systemctl'])
+    if not systemctl or not all(isinstance(a, str) and a for a in systemctl):
+        raise ConfigError('systemctl: expected a non-empty list of strings (a command and its arguments)')
+    level = _get(data, 'log_level', '', str, 'INFO').upper()
+    if level not in ('DEBUG', 'INFO', 'WARNING', 'ERROR'):
+        raise ConfigError('log_level: must be DEBUG, INFO, WARNING or ERROR, got %r' % level)
+
+    keys = [k.strip() for k in environ.get(CLIENT_KEYS_ENV, '').split(',') if k.strip()]
+    if not keys:
+        raise ConfigError('%s: environment variable is not set or holds no key' % CLIENT_KEYS_ENV)
+    paths = {}
+    for name in ('admin_socket', 'key_file'):
+        paths[name] = _get(data, name, '', str)
+        if paths[name] is not None and not paths[name].startswith('/'):
+            raise ConfigError('%s: expected an absolute path, got %r' % (name, paths[name]))
+    retry_after = _get(data, 'retry_after', '', int, 5)
+    if not 0 < retry_after <= 3600:
+        raise ConfigError('retry_after: must be 1-3600 seconds, got %d' % retry_after)
+
+    return Config(
+        host=host, port=port, backends=backends, models=models, client_keys=keys,
+        swap_policy=policy,
+        readiness_timeout=_get(data, 'readiness_timeout', '', float, 300.0),
+        drain_timeout=_get(data, 'drain_timeout', '', float, 300.0),
+        shutdown_timeout=_get(data, 'shutdown_timeout', '', float, 30.0),
+        systemctl=systemctl, log_level=level, admin_socket=paths['admin_socket'],
+        key_file=paths['key_file'], retry_after=retry_after,
+        client_timeout=_get(data, 'client_timeout', '', float, 75.0))
+
+
+def read_key_file(path):
+    """The NAME="value" lines of a key file (systemd EnvironmentFile syntax as the role writes it:
+    backslash escapes inside double quotes). Errors name the file and line, never a value."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise ConfigError('key_file: cannot read %s: %s' % (path, e.strerror)) from None
+    except UnicodeDecodeError:
+        raise ConfigError('key_file: %s is not UTF-8' % path) from None
+    values = {}
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith(('#', ';')):
+            continue
+        name, sep, value = line.partition('=')
+        name = name.strip()
+        if not sep or not _ENV_RE.match(name):
+            raise ConfigError('key_file: %s line %d is not NAME=value' % (path, number))
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = re.sub(r'\\(.)', r'\1', value[1:-1])
+        values[name] = value
+    return values
+
+
+def load_config(path, environ=None):
+    """Config from the YAML file; keys from the environment, overridden by key_file when set."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            data = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError('cannot read config %s: %s' % (path, e.strerror)) from None
+    except yaml.YAMLError as e:
+        raise ConfigError('config %s is not valid YAML: %s' % (path, e)) from None
+    environ = dict(os.environ if environ is None else environ)
+    key_file = data.get('key_file') if isinstance(data, dict) else None
+    if isinstance(key_file, str) and key_file.startswith('/'):
+        environ.update(read_key_file(key_file))
+    return parse_config(data, environ)

@@ -1,0 +1,150 @@
+# Copyright (c) 2026, gpufleet.llm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Proxy: the handler of the OpenAI endpoints that carry a model (PROXIED). It checks the client's
+key, finds the model's backend, has the Switchboard make it ready, and relays the request and the
+answer as it arrives. Also the access log: one INFO line per proxied request, written in batches."""
+
+import asyncio
+import json
+import logging
+import sys
+import time
+
+from . import _backend_probe as probe
+from .auth import key_accepted, presented_key
+from .lifecycle import SwapError
+from .server import Reply, openai_error
+from .upstream import UpstreamError
+
+log = logging.getLogger('llm_router')
+
+PROXIED = ('/v1/chat/completions', '/v1/completions', '/v1/embeddings')
+
+
+async def proxy(app, req):
+    cfg, board, metrics = app.cfg, app.board, app.metrics
+    started = time.monotonic()
+    if not key_accepted(presented_key(req.headers), cfg.client_keys):
+        metrics.client_auth_failures += 1
+        return openai_error(401, 'Invalid or missing API key (send Authorization: Bearer <key> or x-api-key)',
+                            'invalid_request_error', code='invalid_api_key')
+    body = req.body
+    try:
+        name = json.loads(body).get('model')
+    except (ValueError, AttributeError, RecursionError):   # not JSON, not an object, nested too deep
+        name = None
+    if not isinstance(name, str):
+        return openai_error(400, 'The request body must be a JSON object with a "model" string',
+                            'invalid_request_error', param='model')
+    model = cfg.models.get(name)
+    if model is None:
+        metrics.observe('(unknown)', 404, time.monotonic() - started)   # bounded label set
+        return openai_error(404, 'The model %r does not exist' % name[:100], 'invalid_request_error',
+                            code='model_not_found', param='model')
+    status = 500
+    try:
+        try:
+            await board.acquire(model)
+        except SwapError as e:
+            status = e.status
+            return openai_error(e.status, e.message, 'api_error', code=e.code, retry_after=e.retry_after)
+        try:
+            status, reply = await relay(app, req, model, body)
+            return reply
+        except UpstreamError:
+            status = 502                 # the backend failed after the answer had started: cut
+            raise
+        except ConnectionError:
+            status = 499                 # the client went away while we wrote to it
+            raise
+        finally:
+            board.release(model.backend)
+    except asyncio.CancelledError:
+        status = 499                     # the client went away; upstream was closed by relay()
+        raise
+    finally:
+        elapsed = time.monotonic() - started
+        metrics.observe(name, status, elapsed)
+        if ACCESS.enabled:
+            ACCESS.add('%s %s model=%s status=%s %.1fms' % (req.method, req.path, name, status, elapsed * 1000))
+
+
+async def relay(app, req, model, body):
+    """Send body to the backend and relay its answer as it arrives. Returns (status, Reply or None);
+    None: the answer was streamed to the client already."""
+    b = model.backend
+    headers = probe.auth_headers(probe.PROFILES[b.kind][2], b.key)
+    headers['Content-Type'] = req.headers.get('content-type', 'application/json')
+    if 'accept' in req.headers:
+        headers['Accept'] = req.headers['accept']
+    answer = None
+    stream = None
+    try:
+        answer = await b.upstream.request('POST', req.target, headers, body, timeout=b.read_timeout)
+        ctype = answer.headers.get('content-type')          # None: the backend sent none, nor do we
+        if answer.length is not None and not (ctype or '').startswith('text/event-stream'):
+            return answer.status, Reply(answer.status, await answer.read(), ctype)
+        stream = req.conn.stream(req, answer.status, ctype)
+        async for chunk in answer.chunks():
+            if answer.last:
+                stream.end(chunk)
+            else:
+                await stream.write(chunk)
+        if not req.conn.answered:
+            stream.end()
+        return answer.status, None
+    except UpstreamError as e:
+        why = 'backend %s (%s) failed during the request: %s' % (b.name, b.url, e)
+        app.board.backend_failed(b, why)
+        log.error('%s', why)
+        if stream is not None and stream.started:
+            raise                            # head already sent: the only honest signal is to cut it
+        return 502, openai_error(502, why, 'api_error', code='backend_error')
+    finally:
+        if answer is not None:
+            answer.release()                 # pooled if read to the end, else closed (client gone, error)
+
+
+class AccessLog:
+    """The INFO line for each proxied request, written in batches: the lines of up to 0.1 s go out
+    in one write, in the log's format, so a line costs a string format instead of a log record and
+    a write(2) each. Any other log record first flushes what is pending (the order holds), and so
+    does shutdown; a killed router loses at most the last 0.1 s of these lines."""
+
+    def __init__(self):
+        self.enabled = False
+        self.lines = []
+        self.timer = None
+        self.second, self.stamp = None, ''
+
+    def add(self, message):
+        now = time.time()
+        second = int(now)
+        if second != self.second:      # asctime as logging.Formatter writes it, once per second
+            self.second, self.stamp = second, time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(second))
+        self.lines.append('%s,%03d INFO %s: %s\n' % (self.stamp, (now - second) * 1000, log.name, message))
+        if self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(0.1, self.flush)
+
+    def flush(self):
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.lines:
+            lines, self.lines = self.lines, []
+            try:
+                sys.stderr.write(''.join(lines))
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass                   # stderr gone: as logging does, never fail a request for it
+
+
+class FlushingHandler(logging.StreamHandler):
+    """stderr for log records, after the access lines written before them."""
+
+    def emit(self, record):
+        ACCESS.flush()
+        super().emit(record)
+
+
+ACCESS = AccessLog()

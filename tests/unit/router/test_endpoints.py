@@ -1,0 +1,60 @@
+# Copyright (c) 2026, gpufleet.llm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""/v1/models, /health and /metrics (llm_router/endpoints.py): which need a client key, and that
+health shows names and states but never a key."""
+
+import asyncio
+import json
+
+import pytest
+
+from llm_router import app as app_module, config, endpoints, server
+
+ENV = {'LLM_ROUTER_CLIENT_API_KEYS': 'ck-1,ck-2', 'SG_KEY': 'secret-sg-key'}
+CONFIG = {
+    'backends': {'sg': {'kind': 'sglang', 'url': 'http://127.0.0.1:9', 'unit': 'sg.service', 'key_env': 'SG_KEY'},
+                 'fixed': {'kind': 'openai', 'url': 'http://127.0.0.1:9'}},
+    'models': {'s1': {'backend': 'sg'}, 'f1': {'backend': 'fixed', 'model': 'own-id'}},
+}
+
+
+@pytest.fixture
+def app():
+    return app_module.App(config.parse_config(json.loads(json.dumps(CONFIG)), ENV))
+
+
+def call(handler, app, key=None):
+    req = server.Request(conn=None)
+    req.method, req.path = 'GET', '/'
+    req.headers = {'x-api-key': key} if key else {}
+    return asyncio.run(handler(app, req))
+
+
+def test_models_list_needs_a_client_key(app):
+    reply = call(endpoints.list_models, app)
+    assert reply.status == 401 and app.metrics.client_auth_failures == 1
+    reply = call(endpoints.list_models, app, key='ck-2')              # a grace-window key counts
+    assert reply.status == 200 and reply.ctype == 'application/json; charset=utf-8'
+    assert json.loads(reply.body) == {'object': 'list', 'data': [
+        {'id': 's1', 'object': 'model', 'created': 0, 'owned_by': 'sg'},
+        {'id': 'f1', 'object': 'model', 'created': 0, 'owned_by': 'fixed'}]}
+
+
+def test_health_needs_no_key_and_shows_no_key(app):
+    app.cfg.backends['sg'].state, app.cfg.backends['sg'].last_error = 'ready', ''
+    app.cfg.backends['fixed'].drained, app.cfg.backends['fixed'].last_error = True, 'drained for a restart'
+    reply = call(endpoints.health, app)
+    health = json.loads(reply.body)
+    assert reply.status == 200 and health['status'] == 'ok' and health['active_backends'] == ['sg']
+    assert health['swapping_to'] is None and health['swap_policy'] == 'exclusive'
+    assert health['backends']['sg'] == {'kind': 'sglang', 'unit': 'sg.service', 'state': 'ready', 'loaded': None,
+                                        'in_flight': 0, 'drained': False, 'resume_pending': False, 'last_error': None}
+    assert health['backends']['fixed']['drained'] and health['backends']['fixed']['last_error'] == 'drained for a restart'
+    assert b'secret-sg-key' not in reply.body and b'ck-1' not in reply.body
+
+
+def test_metrics_need_a_client_key(app):
+    assert call(endpoints.metrics_endpoint, app).status == 401
+    reply = call(endpoints.metrics_endpoint, app, key='ck-1')
+    assert reply.status == 200 and reply.ctype == 'text/plain; charset=utf-8'
+    assert b'# TYPE llm_router_client_auth_failures_total counter\n' in reply.body

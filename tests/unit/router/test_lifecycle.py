@@ -1,0 +1,176 @@
+# Copyright (c) 2026, gpufleet.llm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The Switchboard (llm_router/lifecycle.py) without a backend: systemctl is a script that records
+its arguments, and the backend's readiness answer is scripted (Switchboard._probe_get). What a swap
+stops and starts, in which order; drained backends; failures as the client's status and code."""
+
+import asyncio
+import json
+import sys
+
+import pytest
+
+from llm_router import config, lifecycle, metrics
+
+ENV = {'LLM_ROUTER_CLIENT_API_KEYS': 'ck', 'SG_KEY': 'sg-key'}
+SYSTEMCTL = r'''
+import sys
+args = sys.argv[1:]
+with open(sys.argv[0] + '.log', 'a') as f:
+    f.write(' '.join(args) + '\n')
+unit = args[-1]
+if args[0] == 'show':
+    print('ActiveState=failed\nSubState=failed\nResult=exit-code\nExecMainStatus=3')
+elif unit.startswith('broken'):
+    print('Job for %s failed.' % unit)
+    sys.exit(1)
+'''
+
+
+@pytest.fixture
+def systemctl(tmp_path):
+    script = tmp_path / 'systemctl.py'
+    script.write_text(SYSTEMCTL)
+    return script
+
+
+def board_for(systemctl, policy='exclusive', **extra):
+    doc = {
+        'swap_policy': policy, 'readiness_timeout': 5, 'drain_timeout': 0.2, 'retry_after': 7,
+        'systemctl': [sys.executable, str(systemctl)],
+        'backends': {
+            'one': {'kind': 'openai', 'url': 'http://127.0.0.1:9', 'unit': 'one.service'},
+            'two': {'kind': 'sglang', 'url': 'http://127.0.0.1:9', 'unit': 'two.service', 'key_env': 'SG_KEY'},
+            'fixed': {'kind': 'openai', 'url': 'http://127.0.0.1:9'},
+            'broken': {'kind': 'openai', 'url': 'http://127.0.0.1:9', 'unit': 'broken.service'},
+        },
+        'models': {'m1': {'backend': 'one'}, 'm2': {'backend': 'two'}, 'f': {'backend': 'fixed'},
+                   'x': {'backend': 'broken'}},
+    }
+    doc.update(extra)
+    cfg = config.parse_config(doc, ENV)
+    board = lifecycle.Switchboard(cfg, metrics.Metrics())
+    return cfg, board
+
+
+def calls(systemctl):
+    log = systemctl.with_name(systemctl.name + '.log')
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def ready_answers(board, answers):
+    """The backend answers its key-checking endpoint with answers[backend name] (status, body)."""
+    seen = []
+
+    async def probe_get(b, path, headers, deadline):
+        seen.append((b.name, path, headers))
+        return answers[b.name]
+    board._probe_get = probe_get          # pylint: disable=protected-access
+    return seen
+
+
+MODELS_OK = (200, json.dumps({'data': [{'id': 'm'}]}).encode())
+
+
+def test_exclusive_swap_stops_the_others_then_starts_the_target_and_checks_its_key(systemctl):
+    cfg, board = board_for(systemctl)
+    seen = ready_answers(board, {'two': MODELS_OK})
+    cfg.backends['broken'].state = 'stopped'
+
+    async def go():
+        await board.acquire(cfg.models['m2'])
+        assert cfg.backends['two'].inflight == 1 and not cfg.backends['two'].idle.is_set()
+        board.release(cfg.backends['two'])
+        assert cfg.backends['two'].idle.is_set()
+    asyncio.run(go())
+    # the unit-managed backends not known to be stopped are stopped, the fixed one is never touched
+    assert calls(systemctl) == ['stop -- one.service', 'start -- two.service']
+    assert (cfg.backends['one'].state, cfg.backends['two'].state) == ('stopped', 'ready')
+    assert cfg.backends['fixed'].state == 'unknown'
+    assert seen == [('two', '/v1/models', {'Authorization': 'Bearer sg-key'})]
+    assert board.metrics.swaps == {('two', 'ok'): 1}
+    assert board.swap is None
+
+
+def test_shared_policy_starts_without_stopping(systemctl):
+    cfg, board = board_for(systemctl, policy='shared')
+    ready_answers(board, {'one': MODELS_OK})
+    asyncio.run(board.acquire(cfg.models['m1']))
+    assert calls(systemctl) == ['start -- one.service']
+
+
+def test_a_ready_backend_is_acquired_without_a_swap(systemctl):
+    cfg, board = board_for(systemctl)
+    cfg.backends['fixed'].state = 'ready'
+    asyncio.run(board.acquire(cfg.models['f']))
+    assert calls(systemctl) == [] and cfg.backends['fixed'].inflight == 1
+
+
+def test_a_failed_start_is_a_502_naming_the_unit_state(systemctl):
+    cfg, board = board_for(systemctl, policy='shared')
+    with pytest.raises(lifecycle.SwapError) as e:
+        asyncio.run(board.acquire(cfg.models['x']))
+    assert (e.value.status, e.value.code) == (502, 'backend_unit_failed')
+    assert 'systemctl start broken.service failed (exit 1): Job for broken.service failed.' in e.value.message
+    assert 'unit state: ActiveState=failed' in e.value.message
+    assert cfg.backends['broken'].state == 'failed' and cfg.backends['broken'].last_error == e.value.message
+    assert board.metrics.swaps == {('broken', 'error'): 1}
+
+
+def test_a_refused_key_is_a_502_and_counted(systemctl):
+    cfg, board = board_for(systemctl, policy='shared')
+    ready_answers(board, {'two': (401, b'{"error": "bad key"}')})
+    with pytest.raises(lifecycle.SwapError) as e:
+        asyncio.run(board.acquire(cfg.models['m2']))
+    assert (e.value.status, e.value.code) == (502, 'backend_rejected_key')
+    assert "comes from SG_KEY" in e.value.message and 'sg-key' not in e.value.message
+    assert board.metrics.backend_auth_failures == {'two': 1}
+
+
+def test_a_drained_backend_gets_503_with_retry_after_and_no_swap_touches_it(systemctl):
+    cfg, board = board_for(systemctl)
+    cfg.backends['one'].drained = True
+    with pytest.raises(lifecycle.SwapError) as e:
+        asyncio.run(board.acquire(cfg.models['m1']))
+    assert (e.value.status, e.value.code, e.value.retry_after) == (503, 'backend_draining', 7)
+    # a swap to another backend would have to stop the drained one: it is refused, not the backend's fault
+    ready_answers(board, {'two': MODELS_OK})
+    with pytest.raises(lifecycle.SwapError) as e:
+        asyncio.run(board.acquire(cfg.models['m2']))
+    assert e.value.code == 'backend_draining'
+    assert calls(systemctl) == [] and cfg.backends['two'].state == 'unknown'
+    assert board.metrics.swaps == {('two', 'drained'): 1}
+
+
+def test_drain_waits_for_requests_in_flight_within_its_timeout(systemctl):
+    cfg, board = board_for(systemctl)
+    b = cfg.backends['fixed']
+    b.state = 'ready'
+
+    async def go():
+        await board.acquire(cfg.models['f'])
+        left = await board.drain([b], 0.05)          # the request is still in flight
+        assert left == 1 and b.drained
+        asyncio.get_running_loop().call_later(0.05, board.release, b)
+        assert await board.drain([b], 5) == 0
+    asyncio.run(go())
+
+
+def test_resume_keeps_a_backend_drained_while_it_refuses_the_key(systemctl):
+    cfg, board = board_for(systemctl)
+    b = cfg.backends['two']
+    b.drained, b.state = True, 'ready'
+    ready_answers(board, {'two': (403, b'forbidden')})
+    assert asyncio.run(board.resume([b])) == ([], ['two'])
+    assert b.drained and b.resume_pending and 'SG_KEY' in b.last_error
+    ready_answers(board, {'two': MODELS_OK})
+    assert asyncio.run(board.resume([b])) == (['two'], [])
+    assert not b.drained and not b.resume_pending and b.state == 'unknown'   # re-checked before use
+
+
+def test_a_lost_backend_is_checked_again(systemctl):
+    cfg, board = board_for(systemctl)
+    b = cfg.backends['one']
+    b.state = 'ready'
+    board.backend_failed(b, 'connection reset')
+    assert (b.state, b.last_error) == ('unknown', 'connection reset')
