@@ -11,7 +11,7 @@ role, the keys role and the playbooks all read this list (through the filter
 ``gpufleet.llm.backends``); none of them works any of it out again.
 
 ``variables`` are the host's variables as a task sees them (``vars``). A variable that is not set
-takes the role's default, which ``DEFAULTS`` repeats; tests/unit/plugins/test_backends.py fails when
+takes the role's default, which ``DEFAULTS`` repeats; tests/unit/plugins/module_utils/test_backends.py fails when
 a role's defaults/main.yml and ``DEFAULTS`` disagree.
 """
 
