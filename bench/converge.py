@@ -169,6 +169,8 @@ def main(argv=None):
                              'hosts) or podman exec (containers.podman.podman, which cannot pipeline)')
     parser.add_argument('--no-pipelining', action='store_true', help='turn ansible.cfg\'s pipelining off')
     parser.add_argument('--keep', action='store_true', help='leave the hosts running')
+    parser.add_argument('--log', metavar='DIR', help='write the output of each run to DIR/<size>-fresh.log and '
+                        '<size>-again.log (with ANSIBLE_CALLBACKS_ENABLED=ansible.posix.profile_tasks: the slowest tasks)')
     parser.add_argument('--json', action='store_true', help='print the figures as JSON too')
     args = parser.parse_args(argv)
     if args.no_pipelining:
@@ -187,8 +189,12 @@ def main(argv=None):
             try:
                 write_inventory(inventory, names, args.groups, art, args.connection)
                 load_before = loadavg()
-                fresh, fresh_cpu, fresh_recap, _fresh_log = converge(inventory, size)
-                again, again_cpu, again_recap, _again_log = converge(inventory, size)
+                fresh, fresh_cpu, fresh_recap, fresh_log = converge(inventory, size)
+                again, again_cpu, again_recap, again_log = converge(inventory, size)
+                if args.log:
+                    Path(args.log).mkdir(parents=True, exist_ok=True)
+                    Path(args.log, '%d-fresh.log' % size).write_text(fresh_log)
+                    Path(args.log, '%d-again.log' % size).write_text(again_log)
             finally:
                 if not args.keep:
                     remove_hosts(names)
