@@ -140,9 +140,10 @@ def llamacpp_instances(instances, port_base=DEFAULTS['llamacpp_port_base'], mode
     """llamacpp_instances with every default filled in: port (llamacpp_port_base + position), model
     (the path on the host in every case: model, or models_dir/<file name of model_src>), ctx_size,
     threads (0: llama.cpp decides), extra_args, env; and the unit and URL of each."""
+    base = _port(port_base, 'llamacpp_port_base')
     out = []
     for index, item in enumerate(_instances(instances, name)):
-        port = _port(item.get('port') or int(port_base) + index, '%s[%d].port' % (name, index))
+        port = _port(item.get('port') or base + index, '%s[%d].port' % (name, index))
         model_src = str(item.get('model_src') or '')
         model = str(item.get('model') or '')
         if not model and models_dir is not None:

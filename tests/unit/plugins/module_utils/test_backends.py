@@ -157,6 +157,8 @@ def test_llamacpp_instances_filled_in():
     ({'llamacpp_instances': [{'model': '/m'}]}, 'llamacpp_instances[0] needs a name'),
     ({'sglang_instances': [{'name': 'x', 'port': 0}, {'name': 'y', 'port': -3}]}, 'sglang_instances[1].port'),
     ({'tabbyapi_host': 5}, 'tabbyapi_host must be a string'),
+    ({'llamacpp_port_base': 'eighty', 'llamacpp_instances': [{'name': 'a', 'model': '/m'}]},
+     'llamacpp_port_base must be a port number'),
 ])
 def test_bad_input_names_the_variable(hostvars, message):
     with pytest.raises(_backends.DescriptionError) as err:
