@@ -131,3 +131,16 @@ def test_a_missing_key_stops_the_run_before_any_host_is_touched(tmp_path):
     assert 'sglang_api_key is not set for gpu-a100-02' in out
     assert 'PLAY [Rolling rollout' not in out
     assert 'gpu-a100-02                : ok=' in out and 'failed=1' in out
+
+
+def test_a_file_to_copy_that_is_missing_on_the_controller_is_named_before_the_host_is_touched(tmp_path):
+    # llama-server to copy is a directory, the model to copy does not exist: both named, nothing run on the host.
+    model = tmp_path / 'absent.gguf'
+    rc, out = playbook('-i', str(EXAMPLE), 'gpufleet.llm.site', '--check', '--limit', 'cpu-edge-01',
+                       '--tags', 'llamacpp', '-e', 'ansible_connection=local', '-e', 'ansible_become=false',
+                       '-e', 'llamacpp_install_method=copy', '-e', 'llamacpp_binary_src=%s' % tmp_path,
+                       '-e', json.dumps({'llamacpp_instances': [{'name': 'edge', 'model_src': str(model)}]}))
+    assert rc == 2, out
+    assert '%s is not a file on the controller' % tmp_path in out
+    assert '%s is not a file on the controller' % model in out
+    assert 'Create the service user' not in out
