@@ -2,7 +2,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Wall time of playbooks/site.yml: a fresh converge and an idempotent re-run, on 1 and on 4 hosts.
 
-    .venv/bin/python bench/converge.py [--sizes 1 4] [--groups llamacpp llm_router] [--connection ssh|podman] [--keep]
+    .venv/bin/python bench/converge.py [--sizes 1 4] [--groups llamacpp llm_router] [--connection ssh podman]
+                                       [--baseline OTHER_CHECKOUT] [--log DIR] [--keep]
 
 Each size gets its own podman systemd test hosts (localhost/gpufleet-host:bookworm, `make
 hosts-image`), named gpufleet-bench-<n>, removed afterwards (also on failure; --keep leaves them).
@@ -11,8 +12,11 @@ tests/tools/make-tiny-gguf.py) and, when the group list has it, the router in fr
 backend passes its readiness gate, so "converged" means "serves". All hosts of a size form one batch
 (-e gpufleet_serial=size), which is how a fleet converges when the rollout is not the point.
 
-Printed per size: seconds of the fresh converge and of the re-run, and the changed/failed counts of
-the re-run (the goal: changed=0). The goal for the fleet: 4 hosts take at most 1.5x one host.
+Printed per checkout, connection and size: seconds of the fresh converge and of the re-run, their
+ratio, the changed/failed counts of the re-run (the goal: changed=0) and its ok tasks per host.
+Goals: a re-run of one host (all four roles) <= 45 s, a fresh converge <= 2x the re-run, 4 hosts at
+most 1.5x one host. --baseline measures another checkout (e.g. `git worktree add /tmp/base main`)
+in the same run, on its own fresh hosts, so that before and after share the machine's load.
 Figures and the machine they came from: docs/converge.md.
 """
 
@@ -118,8 +122,19 @@ def write_inventory(path, names, groups, art, connection):
     path.write_text(json.dumps(inventory, indent=1))
 
 
-def converge(inventory, size):
-    """(seconds, controller CPU seconds, {host: recap counts}, output) of one gpufleet.llm.site run.
+def collections_of(tree):
+    """ANSIBLE_COLLECTIONS_PATH / ANSIBLE_CONFIG of a checkout: its build/collections link (made if missing)."""
+    link = Path(tree) / 'build' / 'collections' / 'ansible_collections' / 'gpufleet' / 'llm'
+    if not link.exists():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(Path(tree).resolve())
+    return {'ANSIBLE_COLLECTIONS_PATH': str(Path(tree) / 'build' / 'collections'),
+            'ANSIBLE_CONFIG': str(Path(tree) / 'ansible.cfg')}
+
+
+def converge(inventory, size, tree=REPO):
+    """(seconds, controller CPU seconds, {host: recap counts}, output) of one gpufleet.llm.site run
+    with the collection of the checkout tree (this one, or --baseline).
 
     CPU seconds: user + system time of ansible-playbook and the processes it waited for (its workers,
     the podman/ssh clients); what bounds a batch when the controller has fewer free cores than hosts."""
@@ -128,7 +143,7 @@ def converge(inventory, size):
     # serial is a play keyword: Ansible templates it before inventory variables exist, so the batch
     # size goes in as an extra variable (an inventory gpufleet_serial would be ignored: one at a time).
     proc = subprocess.run(['ansible-playbook', '-i', str(inventory), '-e', 'gpufleet_serial=%d' % size,
-                           'gpufleet.llm.site'], env=ENV,
+                           'gpufleet.llm.site'], env=dict(ENV, **collections_of(tree)),
                           capture_output=True, text=True, check=False)
     took = time.monotonic() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -164,9 +179,12 @@ def main(argv=None):
     parser.add_argument('--groups', nargs='+', default=['llamacpp', 'llm_router'],
                         choices=['tabbyapi', 'llamacpp', 'sglang', 'llm_router'],
                         help='groups every bench host is in (tabbyapi and sglang: doubles, installed, stopped)')
-    parser.add_argument('--connection', choices=['ssh', 'podman'], default='ssh',
+    parser.add_argument('--connection', choices=['ssh', 'podman'], nargs='+', default=['ssh'],
                         help='ssh with the host\'s sshd (tests/hosts/ssh-proxy; as make site, Molecule and real '
-                             'hosts) or podman exec (containers.podman.podman, which cannot pipeline)')
+                             'hosts) or podman exec (containers.podman.podman, which cannot pipeline); both: each in turn')
+    parser.add_argument('--baseline', metavar='TREE',
+                        help='a checkout of another version (e.g. git worktree add /tmp/base main): measured in the same '
+                             'run, on its own fresh hosts, right after this checkout')
     parser.add_argument('--no-pipelining', action='store_true', help='turn ansible.cfg\'s pipelining off')
     parser.add_argument('--keep', action='store_true', help='leave the hosts running')
     parser.add_argument('--log', metavar='DIR', help='write the output of each run to DIR/<size>-fresh.log and '
@@ -175,60 +193,71 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.no_pipelining:
         ENV['ANSIBLE_PIPELINING'] = 'false'
-    print('connection %s, pipelining %s, groups %s' % (args.connection, 'off' if args.no_pipelining else 'on',
+    print('connection %s, pipelining %s, groups %s' % (' and '.join(args.connection), 'off' if args.no_pipelining else 'on',
                                                        ' '.join(args.groups)), flush=True)
+    trees = [('this checkout', REPO)] + ([('baseline %s' % args.baseline, Path(args.baseline))] if args.baseline else [])
 
     work = Path(tempfile.mkdtemp(prefix='gpufleet-bench-'))
     results = []
     try:
         art = artifacts(work, 'llamacpp' in args.groups)
-        for size in args.sizes:
-            names = ['gpufleet-bench-%d' % i for i in range(1, size + 1)]
-            inventory = work / ('inventory-%d.json' % size)
-            start_hosts(names)
-            try:
-                write_inventory(inventory, names, args.groups, art, args.connection)
-                load_before = loadavg()
-                fresh, fresh_cpu, fresh_recap, fresh_log = converge(inventory, size)
-                again, again_cpu, again_recap, again_log = converge(inventory, size)
-                if args.log:
-                    Path(args.log).mkdir(parents=True, exist_ok=True)
-                    Path(args.log, '%d-fresh.log' % size).write_text(fresh_log)
-                    Path(args.log, '%d-again.log' % size).write_text(again_log)
-            finally:
-                if not args.keep:
-                    remove_hosts(names)
-            row = {'hosts': size, 'fresh_s': round(fresh, 1), 'rerun_s': round(again, 1),
-                   'fresh_cpu_s': round(fresh_cpu, 1), 'rerun_cpu_s': round(again_cpu, 1),
-                   'load_before': load_before, 'load_after': loadavg(),
-                   'fresh_changed': total(fresh_recap, 'changed'), 'rerun_changed': total(again_recap, 'changed'),
-                   'rerun_failed': total(again_recap, 'failed'),
-                   'tasks_per_host': round(total(again_recap, 'ok') / max(size, 1))}
-            results.append(row)
-            print('%d host(s): fresh converge %.1f s (changed=%d, controller CPU %.1f s), re-run %.1f s (changed=%d, '
-                  'failed=%d, controller CPU %.1f s); load average %s -> %s'
-                  % (size, fresh, row['fresh_changed'], fresh_cpu, again, row['rerun_changed'], row['rerun_failed'],
-                     again_cpu, load_before, row['load_after']), flush=True)
+        for connection in args.connection:
+            for label, tree in trees:
+                for size in args.sizes:
+                    results.append(measure(args, work, art, connection, label, tree, size))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     print()
-    print('| hosts | fresh converge (controller CPU) | idempotent re-run (controller CPU) | re-run changed | ok tasks per host |')
-    print('|---|---|---|---|---|')
+    print('| tree | connection | hosts | fresh converge (controller CPU) | idempotent re-run (controller CPU) '
+          '| fresh / re-run | re-run changed | ok tasks per host |')
+    print('|---|---|---|---|---|---|---|---|')
     for r in results:
-        print('| %d | %.1f s (%.1f s) | %.1f s (%.1f s) | %d | %d |'
-              % (r['hosts'], r['fresh_s'], r['fresh_cpu_s'], r['rerun_s'], r['rerun_cpu_s'], r['rerun_changed'],
-                 r['tasks_per_host']))
-    by_size = {r['hosts']: r for r in results}
-    if 1 in by_size and 4 in by_size:
-        for kind in ('fresh_s', 'rerun_s'):
-            ratio = by_size[4][kind] / by_size[1][kind]
-            print('4 hosts / 1 host, %s: %.2fx (goal <= 1.5x: %s)'
-                  % (kind[:-2], ratio, 'met' if ratio <= 1.5 else 'MISSED'))
+        print('| %s | %s | %d | %.1f s (%.1f s) | %.1f s (%.1f s) | %.2f | %d | %d |'
+              % (r['tree'], r['connection'], r['hosts'], r['fresh_s'], r['fresh_cpu_s'], r['rerun_s'], r['rerun_cpu_s'],
+                 r['fresh_s'] / r['rerun_s'], r['rerun_changed'], r['tasks_per_host']))
+    by_size = {(r['tree'], r['connection'], r['hosts']): r for r in results}
+    for (tree, connection, hosts), four in sorted(by_size.items()):
+        one = by_size.get((tree, connection, 1))
+        if hosts == 4 and one:
+            for kind in ('fresh_s', 'rerun_s'):
+                ratio = four[kind] / one[kind]
+                print('%s, %s: 4 hosts / 1 host, %s: %.2fx (goal <= 1.5x: %s)'
+                      % (tree, connection, kind[:-2], ratio, 'met' if ratio <= 1.5 else 'MISSED'))
     print('load average at the end: %s; CPUs: %d' % (loadavg(), os.cpu_count() or 0))
     if args.json:
         print(json.dumps(results))
     return 0 if all(r['rerun_changed'] == 0 for r in results) else 1
+
+
+def measure(args, work, art, connection, label, tree, size):
+    names = ['gpufleet-bench-%d' % i for i in range(1, size + 1)]
+    inventory = work / ('inventory-%d-%s.json' % (size, connection))
+    start_hosts(names)
+    try:
+        write_inventory(inventory, names, args.groups, art, connection)
+        load_before = loadavg()
+        fresh, fresh_cpu, fresh_recap, fresh_log = converge(inventory, size, tree)
+        again, again_cpu, again_recap, again_log = converge(inventory, size, tree)
+        if args.log:
+            prefix = '%s-%s-%d' % ('baseline' if tree != REPO else 'this', connection, size)
+            Path(args.log).mkdir(parents=True, exist_ok=True)
+            Path(args.log, prefix + '-fresh.log').write_text(fresh_log)
+            Path(args.log, prefix + '-again.log').write_text(again_log)
+    finally:
+        if not args.keep:
+            remove_hosts(names)
+    row = {'tree': label, 'connection': connection, 'hosts': size, 'fresh_s': round(fresh, 1), 'rerun_s': round(again, 1),
+           'fresh_cpu_s': round(fresh_cpu, 1), 'rerun_cpu_s': round(again_cpu, 1),
+           'load_before': load_before, 'load_after': loadavg(),
+           'fresh_changed': total(fresh_recap, 'changed'), 'rerun_changed': total(again_recap, 'changed'),
+           'rerun_failed': total(again_recap, 'failed'),
+           'tasks_per_host': round(total(again_recap, 'ok') / max(size, 1))}
+    print('%s, %s, %d host(s): fresh converge %.1f s (changed=%d, controller CPU %.1f s), re-run %.1f s (changed=%d, '
+          'failed=%d, controller CPU %.1f s, %d ok tasks per host); load average %s -> %s'
+          % (label, connection, size, fresh, row['fresh_changed'], fresh_cpu, again, row['rerun_changed'],
+             row['rerun_failed'], again_cpu, row['tasks_per_host'], load_before, row['load_after']), flush=True)
+    return row
 
 
 if __name__ == '__main__':
