@@ -79,6 +79,11 @@ def test_admin_paths_exist_only_on_the_admin_socket(app):
     assert reply.status == 404                                       # TCP clients: as if it did not exist
     dummy, reply = respond(app, 'POST', '/admin/reload')
     assert reply.status == 404
+    for method in ('GET', 'PUT', 'DELETE'):                         # any method: 404, never 405 (docs/router.md)
+        for path in ('/admin/reload', '/admin/backends/b/drain', '/admin/anything'):
+            dummy, reply = respond(app, method, path)
+            assert reply.status == 404 and error_of(reply)['code'] == 'not_found', (method, path)
+            assert reply.headers == ()
     dummy, reply = respond(app, 'POST', '/admin/backends/b/explode', conn=Conn(admin=True))
     assert reply.status == 404 and error_of(reply)['code'] == 'not_found'
     dummy, reply = respond(app, 'GET', '/admin/backends/b/drain', conn=Conn(admin=True))

@@ -107,6 +107,8 @@ def test_limits_are_answered_by_the_server_and_close_the_connection():
     app = App()
     cases = [
         (b'GET /a HTTP/1.1\r\n' + b''.join(b'X-%d: y\r\n' % i for i in range(101)) + b'\r\n', 431),
+        # the limit counts lines: one name repeated 101 times is as many lines (60,000 were accepted before)
+        (b'GET /a HTTP/1.1\r\n' + b'X: y\r\n' * 101 + b'\r\n', 431),
         (b'GET /' + b'a' * (64 * 1024) + b' HTTP/1.1\r\n\r\n', 414),
         (b'POST /b HTTP/1.1\r\nContent-Length: %d\r\n\r\n' % (server.MAX_BODY + 1), 413),
         (b'GET http://elsewhere/a HTTP/1.1\r\nHost: x\r\n\r\n', 400),
@@ -117,6 +119,11 @@ def test_limits_are_answered_by_the_server_and_close_the_connection():
         assert answers(data)[0][0] == status, raw[:60]
         assert transport.closed
     assert app.seen == []                                             # answered before any handler ran
+
+
+def test_a_hundred_header_lines_are_allowed_repeated_names_included():
+    data, transport = serve(b'GET /a HTTP/1.1\r\nHost: x\r\n' + b'X: y\r\n' * 99 + b'\r\n')
+    assert answers(data)[0][0] == 200 and not transport.closed
 
 
 def test_an_error_after_good_requests_is_answered_in_turn():

@@ -46,6 +46,9 @@ class App:
             status, message = req.refused
             conn.send(req, openai_error(status, message, 'invalid_request_error'))
             return
+        if req.path.startswith('/admin/') and not conn.admin:
+            conn.send(req, not_found())  # over TCP the admin endpoints do not exist, whatever the method
+            return
         methods = self.routes.get(req.path)
         if methods is None and req.path.startswith('/admin/') and ADMIN_RE.match(req.path):
             methods = {'POST': admin_action}

@@ -103,7 +103,7 @@ class Refused(Exception):
 
 
 class Request:
-    __slots__ = ('conn', 'method', 'target', 'path', 'query', 'headers', 'body', 'parts', 'size',
+    __slots__ = ('conn', 'method', 'target', 'path', 'query', 'headers', 'lines', 'body', 'parts', 'size',
                  'keep_alive', 'http10', 'refused', 'expect')
 
     def __init__(self, conn):
@@ -111,6 +111,7 @@ class Request:
         self.method = self.path = self.query = ''
         self.target = b''
         self.headers = {}                # lower-case name -> first value (non-UTF-8 bytes as surrogates)
+        self.lines = 0                   # header lines received (a repeated name counts each time)
         self.body = b''
         self.parts = []
         self.size = 0
@@ -263,7 +264,8 @@ class Connection(asyncio.Protocol):
     def on_header(self, name, value):
         req = self.req
         req.size += len(name) + len(value)
-        if req.size > MAX_HEAD or len(req.headers) >= MAX_HEADER_LINES:
+        req.lines += 1
+        if req.size > MAX_HEAD or req.lines > MAX_HEADER_LINES:
             raise Refused(431, 'Request header fields too large')
         name = name.decode('latin-1').lower()
         if name not in req.headers:
