@@ -118,7 +118,7 @@ def test_200_clients_across_model_swaps(procs):  # noqa: F811  pylint: disable=r
     assert rss_second - rss_warm < RSS_MARGIN_KB, 'RSS grew by %d kB' % (rss_second - rss_warm)
     assert fds_second <= fds_warm + 10, 'file descriptors grew from %d to %d' % (fds_warm, fds_second)
     # the router is still healthy and idle
-    health = httpx.get(r.url + '/health', timeout=10).json()
+    health = httpx.get(r.url + '/health', headers=AUTH, timeout=10).json()
     assert health['swapping_to'] is None
     assert all(b['in_flight'] == 0 for b in health['backends'].values())
     assert warm_took < 120 and second_took < 120

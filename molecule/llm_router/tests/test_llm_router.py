@@ -200,7 +200,8 @@ def test_client_key_is_required(host):
             metrics_nokey=["GET", "/metrics"],
             models=["GET", "/v1/models", bearer(CLIENT_KEY)],
             models_old=["GET", "/v1/models", {"x-api-key": OLD_CLIENT_KEY}],
-            health=["GET", "/health"])
+            health=["GET", "/health"],
+            health_wrong=["GET", "/health", bearer(WRONG_KEY)])
     for name in ("none", "wrong", "nokey_chat", "metrics_nokey"):
         assert a[name]["status"] == 401, (name, a[name])
         err = json.loads(a[name]["body"])["error"]
@@ -209,7 +210,9 @@ def test_client_key_is_required(host):
     for name in ("models", "models_old"):
         assert a[name]["status"] == 200, a[name]
         assert sorted(m["id"] for m in json.loads(a[name]["body"])["data"]) == ["tiny-a", "tiny-b"]
-    assert a["health"]["status"] == 200
+    # liveness for anyone (load balancers), and nothing more without a client key
+    for name in ("health", "health_wrong"):
+        assert a[name]["status"] == 200 and json.loads(a[name]["body"]) == {"status": "ok"}, a[name]
     # nothing was started by refused requests
     assert (active(host, UNIT_A), active(host, UNIT_B)) == ("inactive", "inactive")
 
@@ -233,7 +236,7 @@ def test_real_completions_and_an_exclusive_swap(host):
     pid_a = show(host, UNIT_A)["MainPID"]
 
     b = ask(host, second=["POST", "/v1/chat/completions", bearer(CLIENT_KEY), chat("tiny-b")],
-            health=["GET", "/health"],
+            health=["GET", "/health", bearer(CLIENT_KEY)],
             metrics=["GET", "/metrics", bearer(CLIENT_KEY)])
     assert b["second"]["status"] == 200, b["second"]
     assert json.loads(b["second"]["body"])["choices"][0]["message"]["role"] == "assistant"

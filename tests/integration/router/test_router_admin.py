@@ -67,7 +67,7 @@ def test_drain_answers_503_lets_in_flight_finish_and_resume_reopens(procs, tmp_p
     assert answer.status_code == 200
     assert answer.json()['drained'] == ['tabby'] and answer.json()['in_flight'] == 0
     assert answer.json()['timed_out'] is False
-    health = httpx.get(r.url + '/health').json()['backends']['tabby']
+    health = httpx.get(r.url + '/health', headers=AUTH).json()['backends']['tabby']
     assert health['drained'] is True and health['in_flight'] == 0
     # Admin endpoints exist only on the unix socket.
     assert httpx.post(r.url + '/admin/backends/tabby/resume', headers=AUTH).status_code == 404
@@ -76,7 +76,7 @@ def test_drain_answers_503_lets_in_flight_finish_and_resume_reopens(procs, tmp_p
     resumed = admin(sock, '/admin/backends/tabby/resume')
     assert resumed.status_code == 200 and resumed.json()['resumed'] == ['tabby']
     assert post(r, 'a').status_code == 200
-    assert httpx.get(r.url + '/health').json()['backends']['tabby']['drained'] is False
+    assert httpx.get(r.url + '/health', headers=AUTH).json()['backends']['tabby']['drained'] is False
 
 
 def test_drain_is_bounded_by_its_timeout(procs, tmp_path):
@@ -129,7 +129,7 @@ def test_drain_meets_swaps(procs, tmp_path):
     with ThreadPoolExecutor(4) as pool:
         waiting = [pool.submit(post, r, 'b') for dummy in range(3)]
         deadline = time.monotonic() + 10
-        while httpx.get(r.url + '/health').json()['swapping_to'] != 'b':
+        while httpx.get(r.url + '/health', headers=AUTH).json()['swapping_to'] != 'b':
             assert time.monotonic() < deadline
             time.sleep(0.02)
         started = time.monotonic()
@@ -137,7 +137,7 @@ def test_drain_meets_swaps(procs, tmp_path):
         assert drained.status_code == 200 and time.monotonic() - started > 0.5
         for f in waiting:
             assert_drained_answer(f.result(), 'tabby')
-    health = httpx.get(r.url + '/health').json()
+    health = httpx.get(r.url + '/health', headers=AUTH).json()
     assert health['swapping_to'] is None and health['backends']['tabby']['drained'] is True
     assert admin(sock, '/admin/backends/tabby/resume').json()['resumed'] == ['tabby']
     assert post(r, 'b').status_code == 200
@@ -179,7 +179,7 @@ def test_reload_swaps_keys_keeps_connections_and_resumes_a_backend_whose_key_cha
     answer = admin(sock, '/admin/backends/sg/resume').json()
     assert answer['resumed'] == [] and answer['still_drained_key_refused'] == ['sg']
     assert_drained_answer(post(r, 's1'), 'sg')                   # 503, never the backend's 401
-    assert httpx.get(r.url + '/health').json()['backends']['sg']['resume_pending'] is True
+    assert httpx.get(r.url + '/health', headers=AUTH).json()['backends']['sg']['resume_pending'] is True
     # New keys in the file; --reload returns once they are in force (what ExecReload runs).
     write_keys(keys, [NEW_CLIENT_KEY], NEW_SGLANG_KEY)
     done = subprocess.run(ROUTER + ['--config', str(tmp_path / ('router-%d.yml' % r.port)), '--reload'],

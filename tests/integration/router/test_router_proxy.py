@@ -128,12 +128,14 @@ def test_models_list_and_health(stack):
     assert models['object'] == 'list'
     assert [m['id'] for m in models['data']] == ['a', 'b', 's1']
     assert all(m['object'] == 'model' for m in models['data'])
-    health = httpx.get(r.url + '/health')          # liveness needs no key
+    health = httpx.get(r.url + '/health')          # liveness needs no key, and says no more than that
+    assert health.status_code == 200 and health.json() == {'status': 'ok'}
+    health = httpx.get(r.url + '/health', headers=AUTH)   # the details: to a client key
     assert health.status_code == 200
     h = health.json()
     assert h['status'] == 'ok' and set(h['backends']) == {'tabby', 'sg'}
     httpx.post(r.url + '/v1/chat/completions', content=chat('s1'), headers=AUTH)
-    assert httpx.get(r.url + '/health').json()['backends']['sg']['state'] == 'ready'
+    assert httpx.get(r.url + '/health', headers=AUTH).json()['backends']['sg']['state'] == 'ready'
 
 
 def test_unknown_model_is_404_in_openai_shape(stack):
@@ -232,7 +234,7 @@ def test_no_key_in_logs_or_answers(procs):
     for model, stream in (('a', False), ('b', True), ('s1', False), ('zz', False)):
         answers.append(httpx.post(r.url + '/v1/chat/completions', content=chat(model, stream=stream), headers=AUTH))
     answers.append(httpx.post(r.url + '/v1/chat/completions', content=chat('a'), headers={'x-api-key': 'wrong'}))
-    answers.append(httpx.get(r.url + '/health'))
+    answers.append(httpx.get(r.url + '/health', headers=AUTH))
     answers.append(httpx.get(r.url + '/metrics', headers=AUTH))
     assert [a.status_code for a in answers] == [200, 200, 502, 404, 401, 200, 200]
     r.stop()

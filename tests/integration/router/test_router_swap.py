@@ -53,7 +53,7 @@ def test_concurrent_requests_for_a_new_model_trigger_one_swap_after_drain(procs)
     assert [e for e in events[:load_b] if e[0] == 'end'].count(['end', 'a']) == 4   # a drained first
     assert all(e[1] == 'b' for e in events[load_b + 1:])
     assert stats['max_inflight'] >= 3
-    assert httpx.get(r.url + '/health').json()['backends']['tabby']['loaded'] == 'b'
+    assert httpx.get(r.url + '/health', headers=AUTH).json()['backends']['tabby']['loaded'] == 'b'
 
 
 def test_requests_for_the_loaded_model_do_not_wait(procs):
@@ -68,7 +68,7 @@ def test_requests_for_the_loaded_model_do_not_wait(procs):
         for dummy in range(5):
             assert post(r, 's1').status_code == 200
         # all five were answered while the load was still in progress: none waited for it
-        assert httpx.get(r.url + '/health').json()['swapping_to'] == 'b'
+        assert httpx.get(r.url + '/health', headers=AUTH).json()['swapping_to'] == 'b'
         assert slow.result().status_code == 200
 
 
@@ -124,7 +124,7 @@ def test_backend_dying_mid_stream_and_never_coming_back(procs):
     assert time.monotonic() - t0 < 6
     assert 'tabby' in again.json()['error']['message'] and 'not ready' in again.json()['error']['message']
     assert post(r, 's1').status_code == 200                     # the router keeps serving others
-    h = httpx.get(r.url + '/health').json()
+    h = httpx.get(r.url + '/health', headers=AUTH).json()
     assert h['backends']['tabby']['state'] == 'failed' and h['backends']['sg']['state'] == 'ready'
 
 
@@ -163,7 +163,7 @@ def test_client_disconnect_mid_stream_cancels_upstream(procs):
     assert stats['completed'] == 1                              # only the warm-up request completed
     m = httpx.get(r.url + '/metrics', headers=AUTH).text
     assert 'llm_router_requests_total{model="s1",status="499"} 1' in m
-    assert httpx.get(r.url + '/health').json()['backends']['sg']['in_flight'] == 0
+    assert httpx.get(r.url + '/health', headers=AUTH).json()['backends']['sg']['in_flight'] == 0
 
 
 def test_sigterm_lets_in_flight_requests_finish(procs):
@@ -177,7 +177,7 @@ def test_sigterm_lets_in_flight_requests_finish(procs):
         r.proc.send_signal(signal.SIGTERM)
         time.sleep(0.2)
         with pytest.raises(httpx.ConnectError):                 # no longer accepting
-            httpx.get(r.url + '/health')
+            httpx.get(r.url + '/health', headers=AUTH)
         assert pending.result().status_code == 200              # but the one in flight finished
     assert r.proc.wait(10) == 0
 
@@ -193,4 +193,4 @@ def test_systemctl_that_cannot_run_fails_the_swap_with_502(procs):
     err = resp.json()['error']
     assert err['code'] == 'backend_unit_failed'
     assert 'systemctl start dbl-sg.service failed (did not complete): cannot run /nonexistent/systemctl' in err['message']
-    assert httpx.get(r.url + '/health').json()['status'] == 'ok'
+    assert httpx.get(r.url + '/health', headers=AUTH).json()['status'] == 'ok'

@@ -40,10 +40,18 @@ def test_models_list_needs_a_client_key(app):
         {'id': 'f1', 'object': 'model', 'created': 0, 'owned_by': 'fixed'}]}
 
 
-def test_health_needs_no_key_and_shows_no_key(app):
+def test_health_without_a_client_key_says_only_that_the_router_is_up(app):
+    app.cfg.backends['sg'].state, app.cfg.backends['sg'].last_error = 'ready', 'unit sg.service failed'
+    for key in (None, 'wrong-key', 'secret-sg-key'):                  # a backend's key is no client key
+        reply = call(endpoints.health, app, key=key)
+        assert reply.status == 200 and json.loads(reply.body) == {'status': 'ok'}, key
+    assert app.metrics.client_auth_failures == 0                      # liveness probes are no auth failures
+
+
+def test_health_details_to_a_client_key_and_never_a_key(app):
     app.cfg.backends['sg'].state, app.cfg.backends['sg'].last_error = 'ready', ''
     app.cfg.backends['fixed'].drained, app.cfg.backends['fixed'].last_error = True, 'drained for a restart'
-    reply = call(endpoints.health, app)
+    reply = call(endpoints.health, app, key='ck-2')
     health = json.loads(reply.body)
     assert reply.status == 200 and health['status'] == 'ok' and health['active_backends'] == ['sg']
     assert health['swapping_to'] is None and health['swap_policy'] == 'exclusive'

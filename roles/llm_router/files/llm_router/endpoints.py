@@ -17,8 +17,11 @@ async def list_models(app, req):
 
 
 async def health(app, req):
-    """Liveness without auth: names and states only, never a key or a key's variable value."""
+    """Liveness for anyone (load balancers): ``{"status": "ok"}``. The details (backends, units,
+    states, models, errors) only to a client key; never a key or a key's variable value."""
     cfg, board = app.cfg, app.board
+    if not key_accepted(presented_key(req.headers), cfg.client_keys):
+        return json_reply({'status': 'ok'})
     active = [b for b in cfg.backends.values() if b.state == 'ready']
     return json_reply({
         'status': 'ok',
