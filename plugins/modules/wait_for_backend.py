@@ -108,8 +108,10 @@ options:
     default: 0
   unit:
     description:
-      - Name of the systemd unit that runs the backend. When it is C(failed), or has exited
-        (C(inactive)), the task fails at once and shows the last 20 lines of its journal.
+      - Name of the systemd unit that runs the backend. When it is C(failed), has exited
+        (C(inactive)), or its server exited and C(Restart=) is about to start it again
+        (C(auto-restart) - a crash during the start, not a slow start), the task fails at once and
+        shows the last 20 lines of its journal.
     type: str
   validate_certs:
     description:
@@ -288,7 +290,7 @@ def describe_error(error):
 class UnitWatch:
     """Reads a systemd unit's state; tells when it can no longer become ready."""
 
-    PROPERTIES = ('LoadState', 'ActiveState', 'SubState', 'Result', 'ExecMainStatus')
+    PROPERTIES = ('LoadState', 'ActiveState', 'SubState', 'Result', 'ExecMainCode', 'ExecMainStatus')
 
     def __init__(self, module, unit):
         self.module = module
@@ -321,6 +323,10 @@ class UnitWatch:
             return 'unit %s is %s (%s, result %s, exit status %s)' % (
                 self.unit, state.get('ActiveState'), state.get('SubState'),
                 state.get('Result'), state.get('ExecMainStatus'))
+        if state.get('SubState') == 'auto-restart':
+            how = 'was killed by signal' if state.get('ExecMainCode') in ('2', '3') else 'exited with status'
+            return ('the server of unit %s %s %s (result %s) and systemd will start it again: a crash, '
+                    'not a slow start' % (self.unit, how, state.get('ExecMainStatus'), state.get('Result')))
         return None
 
     def journal(self):

@@ -37,6 +37,16 @@ ExecStart=/usr/bin/python3 /opt/fake_backend.py --kind tabbyapi --port 5000 --ke
     'fakebackend-crash.service': """[Service]
 ExecStart=/bin/sh -c 'echo "loading model with api_key={key}"; sleep 2; echo "CUDA error: out of memory" >&2; exit 3'
 """,
+    # Crashes 1 s after each start, and Restart= starts it again after 10 s (5 starts: about 50 s of
+    # "activating (auto-restart)" before the start limit would make it failed).
+    'fakebackend-crashloop.service': """[Unit]
+StartLimitBurst=5
+StartLimitIntervalSec=300
+[Service]
+ExecStart=/bin/sh -c 'sleep 1; echo "CUDA error: no GPU found" >&2; exit 3'
+Restart=on-failure
+RestartSec=10
+""",
     # Exits cleanly (inactive, not failed) at once.
     'fakebackend-exits.service': """[Service]
 ExecStart=/bin/true
@@ -107,6 +117,15 @@ def test_unit_that_fails_while_waiting_stops_the_wait(host, tmp_path):
     assert 'loading model with api_key=********' in out  # ... with the key masked
     assert KEY not in out
     assert seconds < 30, 'it waited for the 60 s budget instead of stopping when the unit failed'
+
+
+def test_unit_whose_server_crashed_and_will_be_restarted_stops_the_wait_at_once(host, tmp_path):
+    rc, out, seconds = play_against(host, tmp_path, 'fakebackend-crashloop.service', port=5996)
+    assert rc == 2, out
+    assert ('will not get ready: the server of unit fakebackend-crashloop.service exited with status 3 '
+            '(result exit-code) and systemd will start it again: a crash, not a slow start') in out
+    assert 'CUDA error: no GPU found' in out            # the journal lines are shown
+    assert seconds < 30, 'it waited through the Restart= loop (about 50 s) instead of stopping at the first exit'
 
 
 def test_unit_that_exited_stops_the_wait(host, tmp_path):

@@ -16,18 +16,25 @@ the server's stdout and stderr with each key value replaced by ``***``:
 - output is masked line by line; a line longer than 64 KiB is passed on in pieces that keep enough of
   their end back for a key split across two pieces to be masked;
 - SIGTERM, SIGINT, SIGHUP and SIGQUIT go to the server (the units use KillMode=mixed); the launcher
-  exits with the server's exit status, or dies of the signal the server died of.
+  exits with the server's exit status, or dies of the signal the server died of;
+- when the server ends with an error (a non-zero status, or a signal other than SIGTERM/SIGINT), its
+  last lines (masked, at most 10, each at most 240 characters, on one line joined by " | ") become
+  the unit's status text (sd_notify STATUS=, the units set NotifyAccess=main), which
+  ``systemctl show -p StatusText`` gives without reading the journal: the router names them in its
+  502 (docs/router.md). The text is cleared at each start.
 
 What it cannot mask: a key the server prints in a changed form (cut, split across lines, encoded),
 and anything the server writes elsewhere than stdout/stderr (TabbyAPI's log files are masked inside
 the process: tabbyapi_launch.py). Standard library only: it runs with the host's python3.
 """
 
+import collections
 import json
 import os
 import re
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -37,6 +44,8 @@ MASK = b'***'
 MIN_SECRET = 6          # shorter values are not keys the roles write (validated elsewhere)
 CHUNK = 65536
 RECHECK = 0.5           # seconds between looks at the secrets files
+TAIL_LINES = 10         # last lines of output kept for the status text
+TAIL_WIDTH = 240        # characters kept of each
 
 _LINE = re.compile(r'^\s*(?:-\s+)?(?:([A-Za-z_][A-Za-z0-9_.-]*)\s*[:=]\s*)?(.*?)\s*$')
 
@@ -131,7 +140,41 @@ class Secrets:
         return pattern.sub(MASK, data) if pattern is not None else data
 
 
-def pump(source, sink, secrets):
+class Tail:
+    """The last TAIL_LINES non-empty lines of the server's (masked) output, whitespace collapsed."""
+
+    def __init__(self):
+        self.lines = collections.deque(maxlen=TAIL_LINES)
+        self._lock = threading.Lock()
+
+    def add(self, masked):
+        for raw in masked.splitlines():
+            line = ' '.join(raw.decode('utf-8', 'replace').split())
+            if line:
+                with self._lock:
+                    self.lines.append(line[:TAIL_WIDTH])
+
+    def text(self):
+        with self._lock:
+            return ' | '.join(self.lines)
+
+
+def notify(message, environ=None):
+    """sd_notify(message) to systemd when the unit gave a NOTIFY_SOCKET (NotifyAccess=main); True if sent."""
+    address = (os.environ if environ is None else environ).get('NOTIFY_SOCKET', '')
+    if not address:
+        return False
+    if address.startswith('@'):
+        address = '\0' + address[1:]            # an abstract socket
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(message.encode('utf-8', 'replace'), address)
+    except OSError:
+        return False
+    return True
+
+
+def pump(source, sink, secrets, tail=None):
     """Copy source to sink (binary files) line by line, masked, until source ends."""
     pending = b''
     while True:
@@ -147,11 +190,17 @@ def pump(source, sink, secrets):
             out, pending = pending[:cut], pending[cut:]
         else:
             continue
-        sink.write(secrets.mask(out))
+        masked = secrets.mask(out)
+        sink.write(masked)
         sink.flush()
+        if tail is not None:
+            tail.add(masked)
     if pending:
-        sink.write(secrets.mask(pending))
+        masked = secrets.mask(pending)
+        sink.write(masked)
         sink.flush()
+        if tail is not None:
+            tail.add(masked)
 
 
 def parse_args(argv):
@@ -175,8 +224,11 @@ def main(argv=None):
         # Its keys could not be masked: the server is not started (the unit fails, naming the file).
         sys.stderr.write('gpufleet_mask: cannot read %s\n' % '; '.join(secrets.unreadable))
         return 2
+    notify('STATUS=')                            # no lines of an earlier run
+    # The server gets no NOTIFY_SOCKET: only this process speaks to systemd (NotifyAccess=main).
+    environ = {k: v for k, v in os.environ.items() if k != 'NOTIFY_SOCKET'}
     try:
-        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ)
     except OSError as err:
         sys.stderr.write('gpufleet_mask: cannot run %s: %s\n' % (command[0], err.strerror))
         return 127
@@ -187,13 +239,16 @@ def main(argv=None):
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(signum, forward)
 
-    threads = [threading.Thread(target=pump, args=(child.stdout, sys.stdout.buffer, secrets), daemon=True),
-               threading.Thread(target=pump, args=(child.stderr, sys.stderr.buffer, secrets), daemon=True)]
+    tail = Tail()
+    threads = [threading.Thread(target=pump, args=(child.stdout, sys.stdout.buffer, secrets, tail), daemon=True),
+               threading.Thread(target=pump, args=(child.stderr, sys.stderr.buffer, secrets, tail), daemon=True)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     status = child.wait()
+    if status > 0 or status < 0 and -status not in (signal.SIGTERM, signal.SIGINT):
+        notify('STATUS=last lines: %s' % (tail.text() or '(none)'))
     if status < 0:
         # The server died of a signal: die of the same one, so systemd sees what it would have seen
         # without the launcher (SIGTERM at a stop is a clean stop; SIGKILL or SIGSEGV is a crash).

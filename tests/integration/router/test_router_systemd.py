@@ -31,7 +31,8 @@ SITE = Path(__import__('aiohttp').__file__).resolve().parents[1]
 DEPS = ('aiohttp', 'aiohappyeyeballs', 'aiosignal', 'attr', 'attrs', 'frozenlist', 'multidict', 'propcache',
         'yarl', 'idna', 'yaml', 'typing_extensions.py', 'uvloop', 'httptools')
 CLIENT_KEY, SG_KEY, TABBY_KEY = 'ck-systemd-51c0e2', 'sg-systemd-77ab01', 'tabby-admin-systemd-0f9e3d'
-MANAGED = ['dbl-sg.service', 'dbl-tabby.service', 'dbl-broken.service']
+MANAGED = ['dbl-sg.service', 'dbl-tabby.service', 'dbl-broken.service', 'dbl-crashy.service']
+CRASHY_KEY = 'crashy-systemd-4d1e9b'
 
 DOUBLE_UNIT = """[Unit]
 Description=test double {name}
@@ -57,12 +58,13 @@ req = urllib.request.Request('http://127.0.0.1:4000/v1/chat/completions', method
     data=json.dumps({'model': model, 'messages': [{'role': 'user', 'content': 'hi'}]}).encode(),
     headers={'Authorization': 'Bearer ' + sys.argv[2], 'Content-Type': 'application/json'})
 t0 = time.monotonic()
+retry_after = None
 try:
     with urllib.request.urlopen(req, timeout=120) as r:
         status, body = r.status, r.read().decode()
 except urllib.error.HTTPError as e:
-    status, body = e.code, e.read().decode()
-print(json.dumps({'status': status, 'body': body, 'seconds': time.monotonic() - t0}))
+    status, body, retry_after = e.code, e.read().decode(), e.headers.get('Retry-After')
+print(json.dumps({'status': status, 'body': body, 'seconds': time.monotonic() - t0, 'retry_after': retry_after}))
 """
 
 
@@ -77,6 +79,7 @@ def bundle(tmp):
     opt = tmp / 'opt/llm-router'
     (opt / 'lib').mkdir(parents=True)
     router_package.install(opt)                         # /opt/llm-router/llm_router/, as the role lays it out
+    shutil.copy(ROOT / 'roles/backend_common/files/gpufleet_mask.py', opt)   # the backends' key-masking launcher
     shutil.copy(ROOT / 'tests/doubles/openai_backend.py', opt)
     (opt / 'client.py').write_text(CLIENT)
     for dep in DEPS:
@@ -93,6 +96,13 @@ def bundle(tmp):
         (units / (name + '.service')).write_text(DOUBLE_UNIT.format(name=name, args=args))
     (units / 'dbl-broken.service').write_text(
         "[Service]\nExecStart=/bin/sh -c 'echo loading; sleep 0.5; echo CUDA error: out of memory >&2; exit 3'\n")
+    # A server that cannot start (no GPU), under the key-masking launcher as the roles run backends,
+    # in a Restart= loop (5 x 5 s to the start limit): the router must not wait through it.
+    (units / 'dbl-crashy.service').write_text(
+        "[Service]\nUser=nobody\nEnvironment=CRASHY_KEY=%s\nNotifyAccess=main\nRestart=on-failure\nRestartSec=5\n"
+        "ExecStart=/usr/bin/python3 -I /opt/llm-router/gpufleet_mask.py --secrets-env CRASHY_KEY -- /bin/sh -c "
+        "'echo loading the model with key $CRASHY_KEY; sleep 0.5; echo CUDA error: out of memory >&2; exit 3'\n"
+        % CRASHY_KEY)
     (units / 'llm-router.service').write_text(ROUTER_UNIT)
     etc = tmp / 'etc/llm-router'
     etc.mkdir(parents=True)
@@ -103,9 +113,10 @@ def bundle(tmp):
             'tabby': {'kind': 'tabbyapi', 'url': 'http://127.0.0.1:8102', 'unit': 'dbl-tabby.service',
                       'key_env': 'TABBY_KEY'},
             'broken': {'kind': 'openai', 'url': 'http://127.0.0.1:8104', 'unit': 'dbl-broken.service'},
+            'crashy': {'kind': 'openai', 'url': 'http://127.0.0.1:8105', 'unit': 'dbl-crashy.service'},
         },
         'models': {'s1': {'backend': 'sg'}, 'a': {'backend': 'tabby'}, 'b': {'backend': 'tabby'},
-                   'x': {'backend': 'broken'}}}))
+                   'x': {'backend': 'broken'}, 'y': {'backend': 'crashy'}}}))
     (etc / 'env').write_text('LLM_ROUTER_CLIENT_API_KEYS=%s\nSG_KEY=%s\nTABBY_KEY=%s\n' % (CLIENT_KEY, SG_KEY, TABBY_KEY))
     rules = tmp / 'etc/polkit-1/rules.d'
     rules.mkdir(parents=True)
@@ -199,6 +210,31 @@ def test_failed_unit_gives_502_naming_the_unit_and_router_keeps_serving(host):
     assert r['seconds'] < 20, 'a dead unit must not wait for the 60 s readiness timeout'
     r = ask(host, 's1')
     assert r['status'] == 200
+
+
+def test_a_backend_that_crashes_at_start_fails_at_once_with_its_lines_then_is_backed_off(host):
+    assert ask(host, 's1')['status'] == 200
+    r = ask(host, 'y')
+    assert r['status'] == 502, r
+    err = json.loads(r['body'])['error']
+    assert err['code'] == 'backend_unit_failed'
+    # auto-restart is a crash: not waited through (Restart= loop: about 27 s to the start limit before)
+    assert 'unit dbl-crashy.service is not running' in err['message'] and 'SubState=auto-restart' in err['message']
+    assert 'its server exited with status 3' in err['message']
+    # its last lines, masked, from the launcher's status text (the router cannot read the journal)
+    assert 'last lines: loading the model with key *** | CUDA error: out of memory' in err['message'], err
+    assert CRASHY_KEY not in r['body'] and CRASHY_KEY not in journal(host)
+    assert r['seconds'] < 10, r
+    assert 'not started again for 30 s' in err['message']
+    for model in ('y', 's1', 'y'):
+        r = ask(host, model)
+        if model == 'y':                                    # refused at once, nothing stopped for it
+            assert r['status'] == 503 and 0 < int(r['retry_after']) <= 30, r
+            assert json.loads(r['body'])['error']['code'] == 'backend_backoff'
+            assert 'CUDA error: out of memory' in json.loads(r['body'])['error']['message']
+        else:
+            assert r['status'] == 200, r
+    assert active(host, 'dbl-sg.service') == 'active'       # the working backend keeps serving
 
 
 def test_polkit_rule_allows_only_start_and_stop_of_backend_units(host):

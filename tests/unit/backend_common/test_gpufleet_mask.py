@@ -165,3 +165,60 @@ def test_the_output_keeps_flowing_while_the_command_runs(tmp_path):
         go.touch()
         assert proc.stdout.readline() == b'second: after the first was read\n'
         assert proc.wait(timeout=20) == 0
+
+
+def notify_socket(tmp_path):
+    import socket  # pylint: disable=import-outside-toplevel
+    path = str(tmp_path / 'notify.sock')
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(0)
+    return sock, path
+
+
+def received(sock):
+    messages = []
+    while True:
+        try:
+            messages.append(sock.recv(65536).decode())
+        except BlockingIOError:
+            return messages
+
+
+def test_a_server_that_fails_leaves_its_last_masked_lines_as_the_unit_status(tmp_path):
+    sock, path = notify_socket(tmp_path)
+    tokens = tmp_path / 'api_tokens.yml'
+    tokens.write_text('api_key: "%s"\n' % KEY)
+    script = ('import os, sys, time\n'
+              'print("child sees NOTIFY_SOCKET:", "NOTIFY_SOCKET" in os.environ)\n'
+              'for i in range(14): print("line %%d   of\\tthe load" %% i)\n'
+              'print("", flush=True)\n'
+              'print("x" * 400, flush=True)\n'
+              'time.sleep(0.3)\n'                                  # stderr after stdout (two pipes)
+              'print("CUDA error: out of memory; key %s", file=sys.stderr)\n'
+              'sys.exit(3)' % KEY)
+    proc = launcher('--secrets-file', str(tokens), '--', sys.executable, '-c', script,
+                    env=dict(os.environ, NOTIFY_SOCKET=path))
+    assert proc.returncode == 3
+    assert b'child sees NOTIFY_SOCKET: False' in proc.stdout           # only the launcher speaks to systemd
+    messages = received(sock)
+    assert messages[0] == 'STATUS=' and len(messages) == 2, messages   # cleared at start, set at the end
+    status = messages[1]
+    assert status.startswith('STATUS=last lines: line 6 of the load | ')
+    lines = status[len('STATUS=last lines: '):].split(' | ')
+    assert len(lines) == 10 and lines[-2] == 'x' * 240
+    assert lines[-1] == 'CUDA error: out of memory; key ***' and KEY not in status
+
+
+def test_a_clean_exit_or_a_stop_leaves_no_status(tmp_path):
+    sock, path = notify_socket(tmp_path)
+    proc = launcher('--', sys.executable, '-c', 'print("bye")', env=dict(os.environ, NOTIFY_SOCKET=path))
+    assert proc.returncode == 0 and received(sock) == ['STATUS=']
+    proc = launcher('--', sys.executable, '-c', 'import os, signal; os.kill(os.getpid(), signal.SIGTERM)',
+                    env=dict(os.environ, NOTIFY_SOCKET=path))
+    assert proc.returncode == -signal.SIGTERM and received(sock) == ['STATUS=']
+
+
+def test_without_a_notify_socket_nothing_is_sent():
+    assert gpufleet_mask.notify('STATUS=x', environ={}) is False
+    assert gpufleet_mask.notify('STATUS=x', environ={'NOTIFY_SOCKET': '/nonexistent/notify'}) is False

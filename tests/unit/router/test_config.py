@@ -32,7 +32,7 @@ def test_good_config_parses_with_defaults():
     cfg = config.parse_config(copy.deepcopy(GOOD), ENV)
     assert (cfg.host, cfg.port, cfg.swap_policy, cfg.readiness_timeout) == ('0.0.0.0', 4000, 'exclusive', 300.0)
     assert cfg.systemctl == ['/usr/bin/systemctl']
-    assert cfg.client_timeout == 75.0
+    assert cfg.client_timeout == 75.0 and cfg.failure_backoff == 30.0
     assert cfg.client_keys == ['k-new', 'k-old']
     assert cfg.backends['qwen'].url == 'http://127.0.0.1:8080'          # trailing slash dropped
     assert cfg.backends['qwen'].key == '' and cfg.backends['qwen'].unit == 'llamacpp@qwen.service'
@@ -86,6 +86,9 @@ def edit(path, value):
     (('systemctl',), '/usr/bin/systemctl', 'systemctl: expected list, got str'),
     (('systemctl',), [], 'systemctl: expected a non-empty list'),
     (('log_level',), 'chatty', "log_level: must be DEBUG, INFO, WARNING or ERROR"),
+    (('failure_backoff',), 0, 'failure_backoff: must be greater than 0'),
+    (('failure_backoff',), 3601, 'failure_backoff: must be at most 3600 seconds, got 3601'),
+    (('failure_backoff',), 'long', 'failure_backoff: expected float, got str'),
     (('backend',), {}, 'config: unknown field(s) backend'),
 ])
 def test_bad_config_names_the_field(path, value, message):

@@ -19,9 +19,13 @@ args = sys.argv[1:]
 with open(sys.argv[0] + '.log', 'a') as f:
     f.write(' '.join(args) + '\n')
 unit = args[-1]
-if args[0] == 'show':
+if args[0] == 'show' and unit.startswith('crashy'):
+    # its server exited with status 3; Restart=on-failure will start it again (the launcher's lines)
+    print('ActiveState=activating\nSubState=auto-restart\nResult=exit-code\nExecMainCode=1\nExecMainStatus=3\n'
+          'StatusText=last lines: loading model | CUDA error: out of memory')
+elif args[0] == 'show':
     print('ActiveState=failed\nSubState=failed\nResult=exit-code\nExecMainStatus=3')
-elif unit.startswith('broken'):
+elif unit.startswith('broken') and args[0] == 'start':
     print('Job for %s failed.' % unit)
     sys.exit(1)
 '''
@@ -43,9 +47,10 @@ def board_for(systemctl, policy='exclusive', **extra):
             'two': {'kind': 'sglang', 'url': 'http://127.0.0.1:9', 'unit': 'two.service', 'key_env': 'SG_KEY'},
             'fixed': {'kind': 'openai', 'url': 'http://127.0.0.1:9'},
             'broken': {'kind': 'openai', 'url': 'http://127.0.0.1:9', 'unit': 'broken.service'},
+            'crashy': {'kind': 'openai', 'url': 'http://127.0.0.1:9', 'unit': 'crashy.service'},
         },
         'models': {'m1': {'backend': 'one'}, 'm2': {'backend': 'two'}, 'f': {'backend': 'fixed'},
-                   'x': {'backend': 'broken'}},
+                   'x': {'backend': 'broken'}, 'c': {'backend': 'crashy'}},
     }
     doc.update(extra)
     cfg = config.parse_config(doc, ENV)
@@ -75,7 +80,7 @@ MODELS_OK = (200, json.dumps({'data': [{'id': 'm'}]}).encode())
 def test_exclusive_swap_stops_the_others_then_starts_the_target_and_checks_its_key(systemctl):
     cfg, board = board_for(systemctl)
     seen = ready_answers(board, {'two': MODELS_OK})
-    cfg.backends['broken'].state = 'stopped'
+    cfg.backends['broken'].state = cfg.backends['crashy'].state = 'stopped'
 
     async def go():
         await board.acquire(cfg.models['m2'])
@@ -113,8 +118,72 @@ def test_a_failed_start_is_a_502_naming_the_unit_state(systemctl):
     assert (e.value.status, e.value.code) == (502, 'backend_unit_failed')
     assert 'systemctl start broken.service failed (exit 1): Job for broken.service failed.' in e.value.message
     assert 'unit state: ActiveState=failed' in e.value.message
-    assert cfg.backends['broken'].state == 'failed' and cfg.backends['broken'].last_error == e.value.message
+    reason = cfg.backends['broken'].last_error
+    assert cfg.backends['broken'].state == 'failed' and e.value.message == reason + '; not started again for 30 s'
     assert board.metrics.swaps == {('broken', 'error'): 1}
+
+
+def test_a_failed_backend_is_refused_at_once_for_a_doubling_back_off_without_stopping_anything(systemctl):
+    cfg, board = board_for(systemctl, failure_backoff=10)
+    for name in ('two', 'crashy', 'broken'):
+        cfg.backends[name].state = 'stopped'
+    ready_answers(board, {'one': MODELS_OK})
+    asyncio.run(board.acquire(cfg.models['m1']))                       # one serves
+    board.release(cfg.backends['one'])
+    with pytest.raises(lifecycle.SwapError) as first:
+        asyncio.run(board.acquire(cfg.models['x']))                    # stops one, broken fails to start
+    assert first.value.status == 502 and first.value.message.endswith('; not started again for 10 s')
+    asyncio.run(board.acquire(cfg.models['m1']))                       # one again
+    board.release(cfg.backends['one'])
+    before = calls(systemctl)
+    for _attempt in range(3):                                          # the ping-pong: refused at once
+        with pytest.raises(lifecycle.SwapError) as again:
+            asyncio.run(board.acquire(cfg.models['x']))
+        assert (again.value.status, again.value.code) == (503, 'backend_backoff')
+        assert again.value.retry_after in (9, 10) and 'Job for broken.service failed.' in again.value.message
+    assert calls(systemctl) == before and cfg.backends['one'].state == 'ready'   # one was not stopped
+    cfg.backends['broken'].retry_at = 0.0                              # the back-off has passed
+    with pytest.raises(lifecycle.SwapError) as second:
+        asyncio.run(board.acquire(cfg.models['x']))
+    assert second.value.status == 502 and second.value.message.endswith('; not started again for 20 s')
+    assert cfg.backends['broken'].failures == 2
+    asyncio.run(board.resume([cfg.backends['broken']]))               # not drained: nothing to resume
+    cfg.backends['broken'].drained = True
+    board.key_refused = lambda b: asyncio.sleep(0, result=False)
+    asyncio.run(board.resume([cfg.backends['broken']]))               # its owner restarted it: try again
+    assert (cfg.backends['broken'].failures, cfg.backends['broken'].retry_at) == (0, 0.0)
+
+
+def test_a_server_that_exits_during_its_start_fails_the_swap_at_once_with_its_last_lines(systemctl):
+    cfg, board = board_for(systemctl, policy='shared', readiness_timeout=300)
+
+    async def refused(b, path, headers, deadline):
+        raise lifecycle.UpstreamError('cannot connect to 127.0.0.1:9: connection refused')
+    board._probe_get = refused            # pylint: disable=protected-access
+
+    async def go():
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(lifecycle.SwapError) as e:
+            await board.acquire(cfg.models['c'])
+        return e.value, asyncio.get_running_loop().time() - started
+    error, took = asyncio.run(go())
+    # auto-restart is a crash, not a slow start: no waiting for Restart= or for the 300 s timeout
+    assert (error.status, error.code) == (502, 'backend_unit_failed')
+    assert took < 5
+    assert 'unit crashy.service is not running (ActiveState=activating ExecMainCode=1 ExecMainStatus=3' in error.message
+    assert 'SubState=auto-restart' in error.message and 'its server exited with status 3' in error.message
+    assert 'last lines: loading model | CUDA error: out of memory' in error.message
+    assert 'last answer: cannot connect' in error.message
+
+
+def test_without_the_launcher_s_lines_the_message_names_the_command_that_shows_them(systemctl):
+    cfg, board = board_for(systemctl, policy='shared')
+    b = cfg.backends['broken']
+    why = board.unit_dead(b, {'ActiveState': 'failed', 'ExecMainCode': '2', 'ExecMainStatus': '9'}, 'ActiveState=failed',
+                          'cannot connect')
+    assert 'its server was killed by signal 9' in why
+    assert 'its last lines: journalctl -u broken.service -n 50 --no-pager' in why
+    assert board.unit_dead(b, {'ActiveState': 'activating', 'SubState': 'start'}, '', '') is None
 
 
 def test_a_refused_key_is_a_502_and_counted(systemctl):

@@ -40,6 +40,8 @@ class Backend:
     resume_pending: bool = False   # a resume found the router's key refused: resumed by the next key reload
     loaded: str | None = None      # model id the backend reported (TabbyAPI: what we loaded)
     last_error: str = ''
+    failures: int = 0              # failed starts in a row (the back-off doubles with each)
+    retry_at: float = 0.0          # monotonic time before which a failed backend is not started again
     inflight: int = 0
     idle: asyncio.Event | None = None
     upstream: 'Upstream | None' = None   # this backend's connection pool
@@ -68,6 +70,7 @@ class Config:
     admin_socket: str | None = None    # unix socket of the admin endpoints (drain, resume, reload)
     key_file: str | None = None        # NAME="value" lines read at start and at every reload
     retry_after: int = 5               # Retry-After (seconds) of the 503 for a drained backend
+    failure_backoff: float = 30.0      # seconds a backend that failed to start is refused (doubling, at most 8x)
     client_timeout: float = 75.0       # seconds a client may keep the router waiting (see server.py)
 
 
@@ -107,7 +110,7 @@ def parse_config(data, environ):
         raise ConfigError('config: expected a mapping at the top level')
     _no_unknown(data, ('listen', 'backends', 'models', 'swap_policy', 'readiness_timeout',
                        'drain_timeout', 'shutdown_timeout', 'systemctl', 'log_level',
-                       'admin_socket', 'key_file', 'retry_after', 'client_timeout'), '')
+                       'admin_socket', 'key_file', 'retry_after', 'client_timeout', 'failure_backoff'), '')
     listen = _get(data, 'listen', '', dict, {})
     _no_unknown(listen, ('host', 'port'), 'listen')
     host = _get(listen, 'host', 'listen', str, '127.0.0.1')
@@ -181,6 +184,9 @@ def parse_config(data, environ):
     retry_after = _get(data, 'retry_after', '', int, 5)
     if not 0 < retry_after <= 3600:
         raise ConfigError('retry_after: must be 1-3600 seconds, got %d' % retry_after)
+    failure_backoff = _get(data, 'failure_backoff', '', float, 30.0)
+    if failure_backoff > 3600:
+        raise ConfigError('failure_backoff: must be at most 3600 seconds, got %g' % failure_backoff)
 
     return Config(
         host=host, port=port, backends=backends, models=models, client_keys=keys,
@@ -189,7 +195,7 @@ def parse_config(data, environ):
         drain_timeout=_get(data, 'drain_timeout', '', float, 300.0),
         shutdown_timeout=_get(data, 'shutdown_timeout', '', float, 30.0),
         systemctl=systemctl, log_level=level, admin_socket=paths['admin_socket'],
-        key_file=paths['key_file'], retry_after=retry_after,
+        key_file=paths['key_file'], retry_after=retry_after, failure_backoff=failure_backoff,
         client_timeout=_get(data, 'client_timeout', '', float, 75.0))
 
 

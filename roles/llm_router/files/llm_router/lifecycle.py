@@ -7,6 +7,7 @@ key, as _backend_probe reads it); it drains and resumes backends for planned mai
 import asyncio
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -53,12 +54,21 @@ class Switchboard:
         return SwapError(503, 'backend %s is drained for a planned restart; retry in a few seconds' % b.name,
                          'backend_draining', retry_after=self.cfg.retry_after)
 
+    def backoff_error(self, b, wait):
+        return SwapError(503, 'backend %s failed to start and is not tried again for %d s (failed starts in a row: %d): %s'
+                         % (b.name, math.ceil(wait), b.failures, b.last_error), 'backend_backoff',
+                         retry_after=max(1, math.ceil(wait)))
+
     async def acquire(self, model):
         """Return once model's backend is ready and this request is counted in flight."""
         while True:
             b = model.backend
             if b.drained:
                 raise self.drained_error(b)
+            wait = b.retry_at - time.monotonic()
+            if wait > 0 and b.state != 'ready':   # failed to start (and maybe stopped by a swap since)
+                # refused at once, and nothing else is stopped for it (the active backend keeps serving)
+                raise self.backoff_error(b, wait)
             if self._ready_for(model) and (self.swap is None or b.name not in self.swap.closed):
                 b.inflight += 1
                 b.idle.clear()
@@ -126,10 +136,15 @@ class Switchboard:
                 log.info('swap to model %s not done: %s', model.name, e.message)
                 raise
             target.state, target.last_error = 'failed', e.message
+            if e.code != 'backend_busy':         # a drain that timed out is not the target's failure
+                target.failures += 1
+                backoff = self.cfg.failure_backoff * 2 ** min(target.failures - 1, 3)
+                target.retry_at = time.monotonic() + backoff
+                e.message += '; not started again for %d s' % math.ceil(backoff)   # last_error: the reason alone
             self.metrics.swap(target.name, 'error', time.monotonic() - started)
             log.error('swap to model %s failed: %s', model.name, e.message)
             raise
-        target.state, target.last_error = 'ready', ''
+        target.state, target.last_error, target.failures, target.retry_at = 'ready', '', 0, 0.0
         self.metrics.swap(target.name, 'ok', time.monotonic() - started)
         log.info('model %s ready on backend %s after %.2f s', model.name, target.name,
                  time.monotonic() - started)
@@ -181,7 +196,7 @@ class Switchboard:
                 refused.append(b.name)
                 continue
             b.drained = b.resume_pending = False
-            b.last_error = ''
+            b.last_error, b.failures, b.retry_at = '', 0, 0.0   # restarted by its owner: try it again
             if b.state != 'stopped':
                 b.state = 'unknown'      # restarted meanwhile: re-check (and reload TabbyAPI's model)
             resumed.append(b.name)
@@ -215,13 +230,31 @@ class Switchboard:
         return proc.returncode, out.decode('utf-8', 'replace').strip()
 
     async def unit_state(self, b):
-        """'ActiveState=.. SubState=.. Result=.. ExecMainStatus=..' of a backend's unit."""
-        rc, out = await self._run('show', '--property=ActiveState,SubState,Result,ExecMainStatus',
+        """The unit's properties, and 'ActiveState=.. ExecMainCode=.. ExecMainStatus=.. Result=.. SubState=..'.
+        StatusText: the last lines the key-masking launcher (gpufleet_mask.py) left when its server
+        exited (masked; not in the one-line state)."""
+        rc, out = await self._run('show', '--property=ActiveState,SubState,Result,ExecMainCode,ExecMainStatus,StatusText',
                                   '--', b.unit, timeout=10)
         if rc != 0:
             return {}, 'systemctl show %s failed: %s' % (b.unit, out)
         props = dict(line.split('=', 1) for line in out.splitlines() if '=' in line)
-        return props, ' '.join('%s=%s' % kv for kv in sorted(props.items()))
+        return props, ' '.join('%s=%s' % kv for kv in sorted(props.items()) if kv[0] != 'StatusText')
+
+    @staticmethod
+    def unit_dead(b, props, state, last):
+        """A sentence on why the unit will not get ready, or None while it may. A unit in
+        auto-restart (its server exited, systemd's Restart= will start it again) is dead: a crash
+        during a start is a failure, not a slow start."""
+        if not (props.get('ActiveState') in ('failed', 'inactive') or props.get('SubState') in ('exited', 'auto-restart')):
+            return None
+        code, status = props.get('ExecMainCode', ''), props.get('ExecMainStatus', '')
+        how = {'1': 'exited with status %s' % status, '2': 'was killed by signal %s' % status,
+               '3': 'dumped core (signal %s)' % status}.get(code, 'stopped')
+        lines = props.get('StatusText', '').strip()
+        where = (lines if lines.startswith('last lines:') else
+                 'its last lines: journalctl -u %s -n 50 --no-pager (as root or in group systemd-journal)' % b.unit)
+        return ('backend %s: unit %s is not running (%s): its server %s; last answer: %s; %s'
+                % (b.name, b.unit, state, how, last, where))
 
     async def _systemctl(self, verb, b):
         rc, out = await self._run(verb, '--', b.unit, timeout=self.cfg.readiness_timeout)
@@ -270,15 +303,14 @@ class Switchboard:
                     await self._tabby_load(b, want, deadline)
                     continue
             if b.unit:
-                props, state = await self.unit_state(b)
-                if props.get('ActiveState') in ('failed', 'inactive') or props.get('SubState') == 'exited':
-                    raise SwapError(502, 'backend %s: unit %s is not running (%s); last answer: %s'
-                                    % (b.name, b.unit, state, last), 'backend_unit_failed')
+                why = self.unit_dead(b, *(await self.unit_state(b)), last)
+                if why:
+                    raise SwapError(502, why, 'backend_unit_failed')
             if time.monotonic() + delay > deadline:
                 raise SwapError(504, 'backend %s at %s not ready after %g s (last answer: %s)'
                                 % (b.name, b.url, self.cfg.readiness_timeout, last), 'backend_timeout')
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            delay = min(delay * 2, 0.25)     # a server that exits is noticed within a quarter second
 
     async def _tabby_load(self, b, model_id, deadline):
         """POST /v1/model/load with the admin key; the answer is a stream we read to its end."""
