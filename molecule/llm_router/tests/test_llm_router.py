@@ -25,7 +25,7 @@ ROUTER_CMD = "/opt/llm-router/venv/bin/python -m llm_router --config /etc/llm-ro
 PROPS = ("ActiveState,UnitFileState,User,Group,MainPID,NoNewPrivileges,ProtectSystem,ProtectHome,PrivateTmp,"
          "PrivateDevices,PrivateUsers,RestrictAddressFamilies,CapabilityBoundingSet,SystemCallFilter,"
          "MemoryDenyWriteExecute,ProtectProc,ExecStart,ExecStartPre,ExecReload,Environment,EnvironmentFiles,"
-         "RuntimeDirectory,Restart,WorkingDirectory")
+         "RuntimeDirectory,Restart,WorkingDirectory,MemoryMax")
 
 # Runs ON the host (python3 of the image, standard library only): raw answers of the router.
 CLIENT = r'''
@@ -133,6 +133,7 @@ def test_router_runs_hardened_as_llm_router_on_port_4000(host):
     # the router reads its key file itself (so that a reload can re-read it); admin socket in /run/llm-router
     assert p.get("EnvironmentFiles", "") == "" and p["RuntimeDirectory"] == "llm-router"
     assert ROUTER_CMD + " --reload" in p["ExecReload"]
+    assert p["MemoryMax"] == str(2 * 1024 ** 3)                # llm_router_memory_max: 2G (a flood cannot take the host)
     assert host.check_output("stat -c '%U:%G %a %F' /run/llm-router/admin.sock").strip() == \
         "llm-router:llm-router 700 socket"
     status = host.check_output("cat /proc/%s/status" % p["MainPID"])

@@ -97,7 +97,7 @@ def post(body, path='/v1/chat/completions', extra=b''):
     b'GET /health HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n',
     b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n'
     b'Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n',
-    b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n',
+    b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n' + KEY + b'Transfer-Encoding: chunked\r\n\r\nzz\r\n',
     b'CONNECT example.org:443 HTTP/1.1\r\nHost: x\r\n\r\n',
     b'GET http://example.org/health HTTP/1.1\r\nHost: x\r\n\r\n',
 ], ids=['bad-header-name', 'length-and-chunked', 'bad-chunk-size', 'connect', 'absolute-form'])
@@ -144,20 +144,23 @@ def test_chunked_request_body_reaches_the_backend_unchanged(stack):
 def test_pipelined_requests_are_answered_in_order_on_one_connection(stack):
     r = stack[1]
     stream = chat('s1', stream=True)
+    # a request without an accepted key is refused on its head and ends the connection: it comes last
     raw = (post(chat('nope')) + b'GET /health HTTP/1.1\r\nHost: x\r\n\r\n' + post(stream)
-           + b'GET /v1/models HTTP/1.1\r\nHost: x\r\nx-api-key: wrong\r\n\r\n' + post(chat('s1'))
-           + b'DELETE /v1/models HTTP/1.1\r\nHost: x\r\n\r\n')
+           + b'DELETE /v1/models HTTP/1.1\r\nHost: x\r\n%s\r\n' % KEY + post(chat('s1'))
+           + b'GET /v1/models HTTP/1.1\r\nHost: x\r\nx-api-key: wrong\r\n\r\n' + post(chat('s1')))
     with connect(r) as s:
-        s.sendall(raw)                                   # all six at once, before any answer
+        s.sendall(raw)                                   # all seven at once, before any answer
         reader = Reader(s)
         answers = [reader.answer() for dummy in range(6)]
-    assert [a[0] for a in answers] == [404, 200, 200, 401, 200, 405]
+        assert reader.closed()                           # the seventh is never read
+    assert [a[0] for a in answers] == [404, 200, 200, 405, 200, 401]
     assert json.loads(answers[0][2])['error']['code'] == 'model_not_found'
     assert json.loads(answers[1][2])['status'] == 'ok'
     assert answers[2][1]['content-type'].startswith('text/event-stream') and answers[2][2].endswith(b'data: [DONE]\n\n')
+    assert answers[3][1]['allow'] == 'GET, HEAD'
+    assert json.loads(answers[3][2])['error']['type'] == 'invalid_request_error'
     assert json.loads(answers[4][2])['object'] == 'chat.completion'
-    assert answers[5][1]['allow'] == 'GET, HEAD'
-    assert json.loads(answers[5][2])['error']['type'] == 'invalid_request_error'
+    assert answers[5][1]['connection'] == 'close' and json.loads(answers[5][2])['error']['code'] == 'invalid_api_key'
 
 
 def test_expect_100_continue_and_other_expectations(stack):
@@ -171,9 +174,48 @@ def test_expect_100_continue_and_other_expectations(stack):
         s.sendall(body)
         assert reader.answer()[0] == 200
     with connect(r) as s:
-        s.sendall(b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nExpect: \x80magic\r\nContent-Length: 2\r\n\r\n{}')
+        s.sendall(b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n%sExpect: \x80magic\r\nContent-Length: 2\r\n\r\n{}'
+                  % KEY)
         status, dummy, answer = Reader(s).answer()
         assert status == 417 and b'magic' not in answer
+
+
+def test_a_request_without_a_key_is_refused_on_its_head_and_its_body_never_read(stack):
+    r = stack[1]
+    big = 50 * 1024 * 1024
+    for head in (b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n',
+                 b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong-key\r\n',
+                 b'GET /v1/models HTTP/1.1\r\nHost: x\r\nx-api-key: \r\n'):
+        with connect(r) as s:
+            s.sendall(head + b'Content-Length: %d\r\n\r\n' % big)
+            reader = Reader(s)
+            status, headers, body = reader.answer()     # no 100 Continue: 401 at once, before any body
+            assert status == 401 and json.loads(body)['error']['code'] == 'invalid_api_key', body
+            assert headers['connection'] == 'close' and reader.closed()
+
+
+def test_bodies_without_a_key_do_not_stay_in_the_router_s_memory(stack):
+    """Four clients each send a 50 MB body without a key: the router answers 401 on the head and
+    reads none of it (before: the whole body was buffered first, and RSS went from 31 MB to 327 MB
+    and stayed there after the connections closed)."""
+    r = stack[1]
+    before = rss_kib(r.pid)
+    chunk, total = b'x' * (1 << 20), 50
+    socks = [connect(r) for _ in range(4)]
+    for s in socks:
+        s.sendall(b'POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n' % (total * len(chunk)))
+    for s in socks:
+        s.settimeout(10)
+        try:
+            for _i in range(total):
+                s.sendall(chunk)
+        except OSError:
+            pass                                       # closed by the router after its 401: as it should be
+    peak = rss_kib(r.pid)
+    for s in socks:
+        s.close()
+    assert peak - before < 20 * 1024, 'RSS grew from %d to %d KiB' % (before, peak)
+    assert httpx.get(r.url + '/v1/models', headers=AUTH).status_code == 200
 
 
 def test_head_http10_and_unknown_paths(stack):

@@ -70,7 +70,7 @@ def test_head_is_answered_like_get(app):
 
 
 def test_a_refused_request_gets_its_status_and_message(app):
-    dummy, reply = respond(app, 'GET', '/health', refused=(431, 'Request header fields too large'))
+    dummy, reply = respond(app, 'GET', '/health', refused=(431, 'Request header fields too large', None))
     assert reply.status == 431 and error_of(reply)['message'] == 'Request header fields too large'
 
 

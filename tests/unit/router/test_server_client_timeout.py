@@ -53,6 +53,7 @@ def connection(clock):
     app = app_module.App.__new__(app_module.App)         # only what the HTTP server part uses
     app.cfg = SimpleNamespace(client_timeout=T)
     app.connections, app.stopping = set(), False
+    app.keyed = frozenset()                              # no path needs a key here (keys: test_router_http.py)
     conn = server.Connection(app, False)
     conn.connection_made(Transport())
     return app, conn

@@ -13,6 +13,7 @@ import stat
 import time
 
 from .admin import ADMIN_RE, admin_action, admin_reload, reload_on_signal
+from .auth import key_accepted, presented_key
 from .endpoints import health, list_models, metrics_endpoint
 from .lifecycle import Switchboard
 from .metrics import Metrics
@@ -38,13 +39,23 @@ class App:
                        '/metrics': dict.fromkeys(get, metrics_endpoint), '/admin/reload': {'POST': admin_reload}}
         for path in PROXIED:
             self.routes[path] = {'POST': proxy}
+        # Paths whose every answer needs a client key (their handlers check it too).
+        self.keyed = frozenset(PROXIED) | {'/v1/models', '/metrics'}
+
+    def head_refusal(self, conn, req):
+        """(401, message, code) for a request to a keyed path without an accepted client key, checked
+        as soon as its head is read (server.Connection); None otherwise."""
+        if conn.admin or req.path not in self.keyed or key_accepted(presented_key(req.headers), self.cfg.client_keys):
+            return None
+        self.metrics.client_auth_failures += 1
+        return 401, 'Invalid or missing API key', 'invalid_api_key'
 
     async def respond(self, conn, req):
         """Answer one request (any failure of a handler is a 500 or a cut stream, never a crash)."""
         conn.answered = False
         if req.refused is not None:
-            status, message = req.refused
-            conn.send(req, openai_error(status, message, 'invalid_request_error'))
+            status, message, code = req.refused
+            conn.send(req, openai_error(status, message, 'invalid_request_error', code=code))
             return
         if req.path.startswith('/admin/') and not conn.admin:
             conn.send(req, not_found())  # over TCP the admin endpoints do not exist, whatever the method

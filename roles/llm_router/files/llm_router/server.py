@@ -95,11 +95,12 @@ def not_found():
 
 
 class Refused(Exception):
-    """A request the server answers itself (status, message) and then closes the connection."""
+    """A request the server answers itself (status, message, OpenAI error code) and then closes the
+    connection."""
 
-    def __init__(self, status, message):
+    def __init__(self, status, message, code=None):
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.code = status, message, code
 
 
 class Request:
@@ -117,7 +118,7 @@ class Request:
         self.size = 0
         self.keep_alive = True
         self.http10 = False
-        self.refused = None              # (status, message): answered by the server itself
+        self.refused = None              # (status, message, code): answered by the server itself
         self.expect = False              # 100-continue still owed
 
 
@@ -196,6 +197,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc):
         self.closed = True
         self.app.connections.discard(self)
+        self.parser = self.req = None    # parser <-> connection: else a half-read body waits for the GC
         self.queue.clear()
         if self.task is not None:
             self.task.cancel()
@@ -228,7 +230,7 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserCallbackError as e:
             cause = e.__context__        # what the callback raised
             if isinstance(cause, Refused):
-                self._refuse(cause.status, cause.message)
+                self._refuse(cause.status, cause.message, cause.code)
             else:
                 self._refuse(400, 'Bad request')
         except httptools.HttpParserUpgrade:
@@ -240,11 +242,12 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserError:
             self._refuse(400, 'Malformed HTTP request')
 
-    def _refuse(self, status, message):
+    def _refuse(self, status, message, code=None):
         """Answer (in turn) with an error, then close; nothing more is read from this client."""
         req = self.req or Request(self)
         self.req, self.parser = None, None
-        req.refused, req.keep_alive = (status, message), False
+        req.refused, req.keep_alive = (status, message, code), False
+        req.parts = []                   # a body read so far is dropped at once
         self.transport.pause_reading()
         self._enqueue(req)
 
@@ -281,6 +284,11 @@ class Connection(asyncio.Protocol):
         req.keep_alive = parser.should_keep_alive()
         req.http10 = parser.get_http_version() == '1.0'
         req.size = 0
+        # The key is checked on the head: a request that would be refused is answered before any of
+        # its body is read (no 100 Continue, nothing buffered), and the connection closes.
+        refusal = self.app.head_refusal(self, req)
+        if refusal is not None:
+            raise Refused(*refusal)
         self.deadline = self.last_active + self.app.cfg.client_timeout   # for the body
         length = req.headers.get('content-length')
         if length is not None and length.isdigit() and int(length) > MAX_BODY:
