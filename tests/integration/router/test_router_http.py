@@ -201,7 +201,7 @@ def test_bodies_without_a_key_do_not_stay_in_the_router_s_memory(stack):
     r = stack[1]
     before = rss_kib(r.pid)
     chunk, total = b'x' * (1 << 20), 50
-    socks = [connect(r) for _ in range(4)]
+    socks = [connect(r) for dummy in range(4)]
     for s in socks:
         s.sendall(b'POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n' % (total * len(chunk)))
     for s in socks:
