@@ -5,6 +5,7 @@ package laid out as the role installs it (tests/support/router_package.py)."""
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -60,11 +61,12 @@ def wait_port(port, proc, timeout=15):
 
 
 class Proc:
-    def __init__(self, args, port, log_path, env=None):
+    def __init__(self, args, port, log_path, env=None, nofile=None):
         self.port, self.log_path = port, log_path
         self.url = 'http://127.0.0.1:%d' % port
         self._log = open(log_path, 'wb')
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        limit = None if nofile is None else (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)))
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env, preexec_fn=limit)
         wait_port(port, self.proc)
 
     @property
@@ -107,7 +109,7 @@ def procs(tmp_path):
         started.append(d)
         return d
 
-    def router(config, env=None):
+    def router(config, env=None, nofile=None):
         port = free_port()
         config = dict(config, listen={'host': '127.0.0.1', 'port': port})
         config.setdefault('log_level', 'DEBUG')
@@ -118,7 +120,7 @@ def procs(tmp_path):
                     'TABBY_KEY': TABBY_ADMIN_KEY, 'SGLANG_KEY': SGLANG_KEY}
         full_env.update(env or {})
         r = Proc(ROUTER + ['--config', str(path)], port,
-                 tmp_path / ('router-%d.log' % port), env=full_env)
+                 tmp_path / ('router-%d.log' % port), env=full_env, nofile=nofile)
         started.append(r)
         return r
 

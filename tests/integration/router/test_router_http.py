@@ -144,23 +144,21 @@ def test_chunked_request_body_reaches_the_backend_unchanged(stack):
 def test_pipelined_requests_are_answered_in_order_on_one_connection(stack):
     r = stack[1]
     stream = chat('s1', stream=True)
-    # a request without an accepted key is refused on its head and ends the connection: it comes last
     raw = (post(chat('nope')) + b'GET /health HTTP/1.1\r\nHost: x\r\n\r\n' + post(stream)
-           + b'DELETE /v1/models HTTP/1.1\r\nHost: x\r\n%s\r\n' % KEY + post(chat('s1'))
-           + b'GET /v1/models HTTP/1.1\r\nHost: x\r\nx-api-key: wrong\r\n\r\n' + post(chat('s1')))
+           + b'GET /v1/models HTTP/1.1\r\nHost: x\r\nx-api-key: wrong\r\n\r\n' + post(chat('s1'))
+           + b'DELETE /v1/models HTTP/1.1\r\nHost: x\r\n\r\n')
     with connect(r) as s:
-        s.sendall(raw)                                   # all seven at once, before any answer
+        s.sendall(raw)                                   # all six at once, before any answer
         reader = Reader(s)
         answers = [reader.answer() for dummy in range(6)]
-        assert reader.closed()                           # the seventh is never read
-    assert [a[0] for a in answers] == [404, 200, 200, 405, 200, 401]
+    # a request without a body and with a wrong key is a 401 that keeps the connection
+    assert [a[0] for a in answers] == [404, 200, 200, 401, 200, 405]
     assert json.loads(answers[0][2])['error']['code'] == 'model_not_found'
     assert json.loads(answers[1][2])['status'] == 'ok'
     assert answers[2][1]['content-type'].startswith('text/event-stream') and answers[2][2].endswith(b'data: [DONE]\n\n')
-    assert answers[3][1]['allow'] == 'GET, HEAD'
-    assert json.loads(answers[3][2])['error']['type'] == 'invalid_request_error'
     assert json.loads(answers[4][2])['object'] == 'chat.completion'
-    assert answers[5][1]['connection'] == 'close' and json.loads(answers[5][2])['error']['code'] == 'invalid_api_key'
+    assert answers[5][1]['allow'] == 'GET, HEAD'
+    assert json.loads(answers[5][2])['error']['type'] == 'invalid_request_error'
 
 
 def test_expect_100_continue_and_other_expectations(stack):
@@ -185,7 +183,7 @@ def test_a_request_without_a_key_is_refused_on_its_head_and_its_body_never_read(
     big = 50 * 1024 * 1024
     for head in (b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n',
                  b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong-key\r\n',
-                 b'GET /v1/models HTTP/1.1\r\nHost: x\r\nx-api-key: \r\n'):
+                 b'POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nx-api-key: \r\n'):
         with connect(r) as s:
             s.sendall(head + b'Content-Length: %d\r\n\r\n' % big)
             reader = Reader(s)
@@ -461,3 +459,42 @@ def test_open_file_limit_is_raised_to_the_hard_limit(procs):
     finally:
         for s in socks:
             s.close()
+
+
+def test_client_connections_are_capped_below_the_open_file_limit(procs):
+    """With 256 descriptors the router takes 192 clients (64 stay for backends, systemctl and its log).
+    Before, 1,030 idle connections in a 1,024 limit made every client get EOF, and the router's own
+    "Too many open files" was taken for a backend failure (502, a swap, the backend shown failed)."""
+    double, router = procs
+    sg = double('openai', api_keys=[SGLANG_KEY], models='s1')
+    r = router({'backends': {'sg': {'kind': 'sglang', 'url': sg.url, 'key_env': 'SGLANG_KEY'}},
+                'models': {'s1': {'backend': 'sg'}}, 'log_level': 'INFO'}, nofile=256)
+    assert 'open-file limit 256 (192 client connections)' in r.log()
+    socks, refused = [], []
+    try:
+        for dummy in range(230):                       # idle clients without a key, beyond the cap
+            s = connect(r)
+            socks.append(s)
+        for s in socks[192:]:
+            status, headers, body = Reader(s).answer()
+            refused.append(s)
+            assert status == 503 and headers['retry-after'] == '5' and headers['connection'] == 'close'
+            assert json.loads(body)['error']['code'] == 'too_many_connections'
+        for s in socks[:192]:                          # the ones within the cap are served
+            s.sendall(b'GET /health HTTP/1.1\r\nHost: x\r\n\r\n')
+            assert Reader(s).answer()[0] == 200
+        for s in socks[:10]:
+            s.close()
+        time.sleep(0.2)
+        with connect(r) as s:                          # room again: served, the backend never blamed
+            s.sendall(post(chat('s1')))
+            status, dummy, body = Reader(s).answer()
+            assert status == 200 and json.loads(body)['object'] == 'chat.completion'
+    finally:
+        for s in socks:
+            s.close()
+    assert len(refused) == 38
+    health = httpx.get(r.url + '/health', headers=AUTH).json()
+    assert health['backends']['sg']['state'] == 'ready' and health['backends']['sg']['last_error'] is None
+    metrics = httpx.get(r.url + '/metrics', headers=AUTH).text
+    assert 'llm_router_client_connections_refused_total 38' in metrics

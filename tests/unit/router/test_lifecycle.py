@@ -243,3 +243,32 @@ def test_a_lost_backend_is_checked_again(systemctl):
     b.state = 'ready'
     board.backend_failed(b, 'connection reset')
     assert (b.state, b.last_error) == ('unknown', 'connection reset')
+
+
+def test_the_router_s_own_trouble_blames_no_backend(systemctl):
+    """Out of file descriptors (EMFILE) while it connects to the backend or runs systemctl: 503
+    router_overloaded with Retry-After; the backend is not marked failed, nor backed off."""
+    cfg, board = board_for(systemctl, policy='shared')
+
+    async def no_descriptors(b, path, headers, deadline):
+        raise lifecycle.RouterOverloaded('the router cannot open a connection: Too many open files')
+    board._probe_get = no_descriptors        # pylint: disable=protected-access
+    with pytest.raises(lifecycle.SwapError) as e:
+        asyncio.run(board.acquire(cfg.models['m1']))
+    assert (e.value.status, e.value.code, e.value.retry_after) == (503, 'router_overloaded', 7)
+    assert 'Too many open files' in e.value.message
+    one = cfg.backends['one']
+    assert one.state != 'failed' and (one.failures, one.retry_at, one.last_error) == (0, 0.0, '')
+
+    cfg, board = board_for(systemctl, policy='shared')
+
+    async def emfile(*args, **kwargs):
+        raise OSError(24, 'Too many open files')
+    lifecycle.asyncio.create_subprocess_exec, saved = emfile, lifecycle.asyncio.create_subprocess_exec
+    try:
+        with pytest.raises(lifecycle.SwapError) as e:
+            asyncio.run(board.acquire(cfg.models['m1']))
+    finally:
+        lifecycle.asyncio.create_subprocess_exec = saved
+    assert (e.value.status, e.value.code) == (503, 'router_overloaded')
+    assert cfg.backends['one'].failures == 0 and board.metrics.swaps == {('one', 'overloaded'): 1}

@@ -10,7 +10,7 @@ import sys
 import uvloop
 
 from .admin import request_reload
-from .app import serve
+from .app import client_cap, serve
 from .config import ConfigError, load_config
 from .proxy import ACCESS, FlushingHandler
 
@@ -54,9 +54,10 @@ def main(argv=None):
         print('llm-router: config OK (%d backends, %d models)' % (len(cfg.backends), len(cfg.models)))
         return 0
     files = raise_open_file_limit()
-    log.info('listening on %s:%d, %d backends, %d models, swap policy %s, open-file limit %d', cfg.host,
-             cfg.port, len(cfg.backends), len(cfg.models), cfg.swap_policy, files)
-    uvloop.run(serve(cfg, args.config))          # uvloop: ~12 % less CPU per request (docs/router.md)
+    log.info('listening on %s:%d, %d backends, %d models, swap policy %s, open-file limit %d (%d client '
+             'connections)', cfg.host, cfg.port, len(cfg.backends), len(cfg.models), cfg.swap_policy, files,
+             client_cap(files))
+    uvloop.run(serve(cfg, args.config, files))          # uvloop: ~12 % less CPU per request (docs/router.md)
     log.info('stopped')
     return 0
 

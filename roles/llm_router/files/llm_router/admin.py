@@ -66,6 +66,7 @@ async def reload_keys(app):
     for name, b in cfg.backends.items():
         if name in new.backends and new.backends[name].key != b.key:
             b.key = new.backends[name].key
+            b.failures, b.retry_at = 0, 0.0   # a new key may be the repair: no back-off for it
             if b.state == 'ready':
                 b.state = 'unknown'      # re-checked with the new key before its next request
     same = (set(new.backends) == set(cfg.backends) and set(new.models) == set(cfg.models)

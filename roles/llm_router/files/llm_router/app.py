@@ -6,6 +6,7 @@ path and method to handler, the dispatch of one request (App.respond), and serve
 signals, sweep client timeouts, stop gracefully."""
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -33,6 +34,7 @@ class App:
         self.board = Switchboard(cfg, self.metrics)
         self.reload_lock = asyncio.Lock()
         self.connections = set()
+        self.max_clients = None          # client connections at most (serve(): from the open-file limit)
         self.stopping = False
         get = {'GET': None, 'HEAD': None}
         self.routes = {'/v1/models': dict.fromkeys(get, list_models), '/health': dict.fromkeys(get, health),
@@ -99,11 +101,34 @@ class App:
                 conn.cut()
 
 
-async def serve(cfg, config_path):
+_FULL = json.dumps({'error': {'message': 'The router serves as many connections as it may; retry in a few seconds',
+                              'type': 'api_error', 'param': None, 'code': 'too_many_connections'}}).encode()
+FULL = (b'HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Type: application/json; charset=utf-8\r\n'
+        b'Content-Length: %d\r\nConnection: close\r\n\r\n%s' % (len(_FULL), _FULL))
+
+
+class Full(asyncio.Protocol):
+    """A client connection over the cap: 503 + Retry-After at once, then closed (nothing is read)."""
+
+    def connection_made(self, transport):
+        transport.write(FULL)
+        transport.close()
+
+
+def client_cap(open_files):
+    """Client connections the router accepts with open_files descriptors: the rest (an eighth, at
+    least 64) stays for backend connections, systemctl, the log and the admin socket."""
+    return max(1, open_files - max(64, open_files // 8))
+
+
+async def serve(cfg, config_path, open_files=None):
     """Listen until SIGTERM/SIGINT, then stop accepting, let requests in flight finish within
-    shutdown_timeout, and cancel what is left."""
+    shutdown_timeout, and cancel what is left. Over the client cap (client_cap(open_files)) a new
+    connection gets 503 + Retry-After and is closed."""
     loop = asyncio.get_running_loop()
     app = App(cfg, config_path)
+    if open_files is not None:
+        app.max_clients = client_cap(open_files)
     stop = asyncio.Event()
     reloads = set()                      # running SIGHUP reloads (a reference keeps each task alive)
 
@@ -115,7 +140,12 @@ async def serve(cfg, config_path):
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    servers = [await loop.create_server(lambda: Connection(app, False), cfg.host, cfg.port, backlog=1024)]
+    def client():
+        if app.max_clients is None or len(app.connections) < app.max_clients:
+            return Connection(app, False)
+        app.metrics.clients_refused += 1    # the cap keeps descriptors for backends and the admin socket
+        return Full()
+    servers = [await loop.create_server(client, cfg.host, cfg.port, backlog=1024)]
     if cfg.admin_socket:
         if os.path.exists(cfg.admin_socket) and stat.S_ISSOCK(os.stat(cfg.admin_socket).st_mode):
             os.unlink(cfg.admin_socket)  # left over by a router that did not stop cleanly

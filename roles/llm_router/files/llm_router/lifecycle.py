@@ -5,6 +5,7 @@
 key, as _backend_probe reads it); it drains and resumes backends for planned maintenance."""
 
 import asyncio
+import errno
 import json
 import logging
 import math
@@ -13,7 +14,8 @@ from dataclasses import dataclass
 
 from . import _backend_probe as probe
 from .config import Model
-from .upstream import Upstream, UpstreamError
+from .server import openai_error
+from .upstream import RouterOverloaded, Upstream, UpstreamError
 
 log = logging.getLogger('llm_router')
 
@@ -24,6 +26,9 @@ class SwapError(Exception):
     def __init__(self, status, message, code, retry_after=None):
         super().__init__(message)
         self.status, self.message, self.code, self.retry_after = status, message, code, retry_after
+
+    def reply(self):
+        return openai_error(self.status, self.message, 'api_error', code=self.code, retry_after=self.retry_after)
 
 
 @dataclass
@@ -53,6 +58,11 @@ class Switchboard:
     def drained_error(self, b):
         return SwapError(503, 'backend %s is drained for a planned restart; retry in a few seconds' % b.name,
                          'backend_draining', retry_after=self.cfg.retry_after)
+
+    def overloaded_error(self, why):
+        """The router's own trouble (out of file descriptors or memory): no backend is blamed for it."""
+        return SwapError(503, 'the router is overloaded (%s); retry in a few seconds' % why, 'router_overloaded',
+                         retry_after=self.cfg.retry_after)
 
     def backoff_error(self, b, wait):
         return SwapError(503, 'backend %s failed to start and is not tried again for %d s (failed starts in a row: %d): %s'
@@ -131,8 +141,9 @@ class Switchboard:
                 await self._systemctl('start', target)
             await self._wait_ready(model, started + self.cfg.readiness_timeout)
         except SwapError as e:
-            if e.code == 'backend_draining':     # not the backend's fault: its state stays as it is
-                self.metrics.swap(target.name, 'drained', time.monotonic() - started)
+            if e.code in ('backend_draining', 'router_overloaded'):   # not the backend's fault: its state stays
+                self.metrics.swap(target.name, 'drained' if e.code == 'backend_draining' else 'overloaded',
+                                  time.monotonic() - started)
                 log.info('swap to model %s not done: %s', model.name, e.message)
                 raise
             target.state, target.last_error = 'failed', e.message
@@ -220,6 +231,8 @@ class Switchboard:
                 *self.cfg.systemctl, *args, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN):
+                raise self.overloaded_error('cannot run %s: %s' % (self.cfg.systemctl[0], e.strerror)) from None
             return None, 'cannot run %s: %s' % (self.cfg.systemctl[0], e.strerror)
         try:
             out = (await asyncio.wait_for(proc.communicate(), timeout))[0]
@@ -282,6 +295,8 @@ class Switchboard:
         while True:
             try:
                 status, body = await self._probe_get(b, endpoint, headers, deadline)
+            except RouterOverloaded as e:
+                raise self.overloaded_error(str(e)) from None
             except UpstreamError as e:
                 status, body, last = None, b'', str(e)
             if status is not None:

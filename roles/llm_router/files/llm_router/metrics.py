@@ -20,6 +20,7 @@ class Metrics:
         self.swap_seconds = {}    # backend -> [sum, count]
         self.backend_auth_failures = {}
         self.client_auth_failures = 0
+        self.clients_refused = 0      # connections refused over the client cap
 
     def observe(self, model, status, seconds):
         key = (model, status)
@@ -62,4 +63,6 @@ class Metrics:
             out.append('llm_router_backend_auth_failures_total{backend="%s"} %d' % (_label(b), n))
         out.append('# TYPE llm_router_client_auth_failures_total counter')
         out.append('llm_router_client_auth_failures_total %d' % self.client_auth_failures)
+        out.append('# TYPE llm_router_client_connections_refused_total counter')
+        out.append('llm_router_client_connections_refused_total %d' % self.clients_refused)
         return '\n'.join(out) + '\n'

@@ -14,7 +14,7 @@ from . import _backend_probe as probe
 from .auth import key_accepted, presented_key
 from .lifecycle import SwapError
 from .server import Reply, openai_error
-from .upstream import UpstreamError
+from .upstream import RouterOverloaded, UpstreamError
 
 log = logging.getLogger('llm_router')
 
@@ -47,7 +47,7 @@ async def proxy(app, req):
             await board.acquire(model)
         except SwapError as e:
             status = e.status
-            return openai_error(e.status, e.message, 'api_error', code=e.code, retry_after=e.retry_after)
+            return e.reply()
         try:
             status, reply = await relay(app, req, model, body)
             return reply
@@ -93,6 +93,11 @@ async def relay(app, req, model, body):
         if not req.conn.answered:
             stream.end()
         return answer.status, None
+    except RouterOverloaded as e:        # the router's own trouble: the backend is not blamed
+        log.error('request for backend %s not sent: %s', b.name, e)
+        if stream is not None and stream.started:
+            raise
+        return 503, app.board.overloaded_error(str(e)).reply()
     except UpstreamError as e:
         why = 'backend %s (%s) failed during the request: %s' % (b.name, b.url, e)
         app.board.backend_failed(b, why)

@@ -284,11 +284,11 @@ class Connection(asyncio.Protocol):
         req.keep_alive = parser.should_keep_alive()
         req.http10 = parser.get_http_version() == '1.0'
         req.size = 0
-        # The key is checked on the head: a request that would be refused is answered before any of
-        # its body is read (no 100 Continue, nothing buffered), and the connection closes.
-        refusal = self.app.head_refusal(self, req)
-        if refusal is not None:
-            raise Refused(*refusal)
+        # A body is read only after the key (refused: 401 and close, no 100 Continue, nothing buffered).
+        if req.headers.get('content-length', '0') != '0' or 'transfer-encoding' in req.headers or 'expect' in req.headers:
+            refusal = self.app.head_refusal(self, req)
+            if refusal is not None:
+                raise Refused(*refusal)
         self.deadline = self.last_active + self.app.cfg.client_timeout   # for the body
         length = req.headers.get('content-length')
         if length is not None and length.isdigit() and int(length) > MAX_BODY:

@@ -12,6 +12,7 @@ parser's callbacks. A read timeout is one timer per answer, re-armed only when i
 """
 
 import asyncio
+import errno
 import ssl
 
 import httptools
@@ -21,11 +22,17 @@ class UpstreamError(Exception):
     """The backend could not be reached or broke the HTTP exchange."""
 
 
+class RouterOverloaded(UpstreamError):
+    """The router itself is out of a resource (file descriptors, memory) for a backend connection:
+    never the backend's fault, so it is not marked failed, swapped or backed off for it."""
+
+
 class _Stale(Exception):
     """A reused keep-alive connection the backend had closed: the request is sent again fresh."""
 
 
 NO_BODY = frozenset((204, 304))
+_OWN_ERRNOS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 _MAX_HEAD = 64 * 1024
 _HIGH_WATER = 1 << 20              # body bytes held for a slow client before the backend is paused
 
@@ -300,5 +307,7 @@ class Upstream:
         except TimeoutError:
             raise UpstreamError('connect timed out after %g s' % self.connect_timeout) from None
         except OSError as e:
+            if e.errno in _OWN_ERRNOS:
+                raise RouterOverloaded('the router cannot open a connection: %s' % e.strerror) from None
             raise UpstreamError('cannot connect: %s' % (e.strerror or type(e).__name__)) from None
         return await link.exchange(data, timeout, reused=False)
