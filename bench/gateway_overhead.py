@@ -119,7 +119,7 @@ def main():
     default_body = yaml.safe_load((ROLE / 'defaults/main.yml').read_text())['llm_gateway_max_body']
     max_body = args.max_body or default_body
     if not os.path.exists(HAPROXY):
-        sys.exit('%s is missing: apt-get install haproxy (tests/tools/machine-packages.txt)' % HAPROXY)
+        sys.exit('%s is missing: make machine installs it (tests/tools/machine-packages.txt)' % HAPROXY)
 
     tmp = Path(tempfile.mkdtemp(prefix='gateway-bench-'))
     bport, rport, gport, mport = free_port(), free_port(), free_port(), free_port()
@@ -192,8 +192,8 @@ def main():
             d = [s[idx] for s in samples[(m, c, 'direct')]]
             g = [s[idx] for s in samples[(m, c, 'gateway')]]
             d50, g50, d99, g99 = pct(d, 50), pct(g, 50), pct(d, 99), pct(g, 99)
-            print('%-10s %3d %-6s | %9.3f %9.3f %+9.3f | %9.3f %9.3f %+9.3f' % (m, c, name, d50, g50, g50 - d50,
-                                                                           d99, g99, g99 - d99))
+            print('%-10s %3d %-6s | %9.3f %9.3f %+9.3f | %9.3f %9.3f %+9.3f' % (
+                m, c, name, d50, g50, g50 - d50, d99, g99, g99 - d99))
     for c in (1, 16):
         print('HAProxy CPU per request at C=%d: %.3f ms (over %d requests, all modes)'
               % (c, cpu[c][0] / cpu[c][1] * 1000, cpu[c][1]))

@@ -9,8 +9,6 @@ import re
 import subprocess
 import time
 
-import pytest
-
 KEYS = {
     "client": "gw-test-client-KEY-b27e40",
     "health": "gw-test-health-KEY-90d1e7c4a2",
