@@ -92,7 +92,7 @@ tabbyapi-wheels: venv
 # llamacpp_source builds llama-server on its host through the ccache that `llama-server` below
 # filled, so it costs a configure and a link, not a second compile (see roles/llamacpp/README.md).
 SCENARIOS_NOT_IN_CI ?=
-LONGEST_SCENARIOS := fleet rotation llm_router tabbyapi
+LONGEST_SCENARIOS := fleet gateway rotation llm_router tabbyapi
 ALL_SCENARIOS := $(notdir $(patsubst %/,%,$(wildcard molecule/*/)))
 SCENARIOS ?= $(filter-out $(SCENARIOS_NOT_IN_CI),$(filter $(ALL_SCENARIOS),$(LONGEST_SCENARIOS)) \
 	$(filter-out $(LONGEST_SCENARIOS),$(ALL_SCENARIOS)))

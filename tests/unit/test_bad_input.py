@@ -215,6 +215,20 @@ ASSERTED = [
     ('llamacpp-reserved-arg', 'llamacpp',
      {'llamacpp_api_key': 'k', 'llamacpp_instances': [{'name': 'a', 'model': '/m.gguf', 'extra_args': ['--api-key=x']}]},
      ['llamacpp_instances[0]', 'extra_args']),
+    ('gateway-health-key-too-short', 'llm_gateway', {'llm_gateway_health_key': 'short', 'llm_gateway_http_enabled': True},
+     ['llm_gateway_health_key']),
+    ('gateway-health-key-with-a-quote', 'llm_gateway',
+     {'llm_gateway_health_key': 'a-long-enough-key-"quoted"', 'llm_gateway_http_enabled': True}, ['llm_gateway_health_key']),
+    ('gateway-no-listener', 'llm_gateway', {'llm_gateway_health_key': 'a-long-enough-health-key'},
+     ['llm_gateway_tls_cert', 'llm_gateway_http_enabled']),
+    ('gateway-cert-without-key', 'llm_gateway',
+     {'llm_gateway_health_key': 'a-long-enough-health-key', 'llm_gateway_tls_cert': '-----BEGIN CERTIFICATE-----\nx'},
+     ['llm_gateway_tls_key']),
+    ('gateway-max-body-too-small', 'llm_gateway',
+     {'llm_gateway_health_key': 'a-long-enough-health-key', 'llm_gateway_http_enabled': True, 'llm_gateway_max_body': 10},
+     ['llm_gateway_max_body']),
+    ('gateway-no-router-host', 'llm_gateway',
+     {'llm_gateway_health_key': 'a-long-enough-health-key', 'llm_gateway_http_enabled': True}, ['llm_gateway_router_group']),
 ]
 
 
