@@ -140,11 +140,13 @@ async def serve(cfg, config_path, open_files=None):
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
     def client():
         if app.max_clients is None or len(app.connections) < app.max_clients:
             return Connection(app, False)
         app.metrics.clients_refused += 1    # the cap keeps descriptors for backends and the admin socket
         return Full()
+
     servers = [await loop.create_server(client, cfg.host, cfg.port, backlog=1024)]
     if cfg.admin_socket:
         if os.path.exists(cfg.admin_socket) and stat.S_ISSOCK(os.stat(cfg.admin_socket).st_mode):
