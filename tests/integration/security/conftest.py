@@ -33,6 +33,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -252,12 +253,33 @@ def container_exists(name):
     return subprocess.run(['podman', 'container', 'exists', name], env=PODMAN_ENV, check=False).returncode == 0
 
 
+class DoubleHostBringUp(threading.Thread):
+    """Starts and converges the double host beside the suite's host's converge (most of a converge is
+    waiting: on the host, on the gates), so that the second host costs the suite little time."""
+
+    def __init__(self, host, reuse):
+        super().__init__(name='double-host', daemon=True)
+        self.host, self.reuse, self.result, self.error = host, reuse, None, None
+
+    def run(self):
+        try:
+            if not (self.reuse and container_exists(self.host.name)):
+                start_container(self.host.name, 'sechost2')
+            wait_for_systemd(self.host.name)
+            self.host.sh('mkdir -p /srv/models/exl2/double-model-exl2 /srv/models/exl2/second-model-exl2')
+            self.result = self.host.play('converge-double-host', '-vvv', '--diff')
+        except Exception as exc:  # pylint: disable=broad-exception-caught  # reported by double_host
+            self.error = exc
+
+
 @pytest.fixture(scope='session')
 def sechost(tmp_path_factory):
     workdir = tmp_path_factory.mktemp('sechost')
     reuse = os.environ.get('GPUFLEET_SECHOST', '')
     name = reuse or 'gpufleet-secsuite-%d' % os.getpid()
     host = SecurityHost(name, workdir)
+    double = SecurityHost(name + '-2', tmp_path_factory.mktemp('doublehost'), groups=DOUBLE_HOST_GROUPS, shares=host)
+    bring_up = None
     try:
         if not reuse:
             start_container(name, 'sechost', '--tmpfs', '/opt/tabbyapi:rw,size=8m,mode=0755')
@@ -286,17 +308,25 @@ def sechost(tmp_path_factory):
             'llm_router_swap_policy': 'shared',
         }
         # What the double host runs instead of the real TabbyAPI: the test double, with a model it loads.
-        host.double_vars = {
+        double.group_vars = dict(host.group_vars, **{
             'tabbyapi_archive_src': str(art / 'tabbyapi-double.tar.gz'), 'tabbyapi_pip_wheelhouse': '',
             'tabbyapi_model_name': 'double-model-exl2', 'tabbyapi_gate_timeout': 60,
-        }
+        })
+        bring_up = DoubleHostBringUp(double, reuse)
+        bring_up.start()
         rc, output, took = host.play('converge', '-vvv', '--diff')
         host.converge = (rc, output, took)
+        host.double, host.double_bring_up = double, bring_up
         yield host
     finally:
-        (workdir / 'journal.txt').write_text(host.sh('journalctl --no-pager -o short-iso', check=False).stdout)
+        if bring_up is not None:
+            bring_up.join()
+        for each in (host, double):
+            if container_exists(each.name):
+                (each.workdir / 'journal.txt').write_text(each.sh('journalctl --no-pager -o short-iso', check=False).stdout)
         if not os.environ.get('GPUFLEET_KEEP_HOST') and not reuse:
-            subprocess.run(['podman', 'rm', '-f', name], env=PODMAN_ENV, capture_output=True, check=False)
+            for each in (name, double.name):
+                subprocess.run(['podman', 'rm', '-f', each], env=PODMAN_ENV, capture_output=True, check=False)
 
 
 @pytest.fixture(scope='session')
@@ -307,22 +337,14 @@ def converged(sechost):
 
 
 @pytest.fixture(scope='session')
-def double_host(converged, tmp_path_factory):
-    """The double host: the TabbyAPI test double (model double-model-exl2), llama.cpp 'tiny' and the router,
-    converged through site.yml with its own inventory, the suite's keys and record of runs."""
-    reuse = bool(os.environ.get('GPUFLEET_SECHOST'))
-    name = converged.name + '-2'
-    host = SecurityHost(name, tmp_path_factory.mktemp('doublehost'), groups=DOUBLE_HOST_GROUPS, shares=converged)
-    host.group_vars = dict(converged.group_vars, **converged.double_vars)
-    try:
-        if not (reuse and container_exists(name)):
-            start_container(name, 'sechost2')
-        wait_for_systemd(name)
-        host.sh('mkdir -p /srv/models/exl2/double-model-exl2 /srv/models/exl2/second-model-exl2')
-        rc, output, _ign = host.play('converge-double-host', '-vvv', '--diff')
-        assert rc == 0, output[-6000:]
-        yield host
-    finally:
-        (host.workdir / 'journal.txt').write_text(host.sh('journalctl --no-pager -o short-iso', check=False).stdout)
-        if not os.environ.get('GPUFLEET_KEEP_HOST') and not reuse:
-            subprocess.run(['podman', 'rm', '-f', name], env=PODMAN_ENV, capture_output=True, check=False)
+def double_host(converged):
+    """The double host (conftest's docstring): the TabbyAPI test double (model double-model-exl2), llama.cpp
+    'tiny' and the router, converged through site.yml with its own inventory, the suite's keys and record
+    of runs; brought up beside the suite's host's converge."""
+    bring_up = converged.double_bring_up
+    bring_up.join()
+    if bring_up.error is not None:
+        raise bring_up.error
+    rc, output, _ign = bring_up.result
+    assert rc == 0, output[-6000:]
+    return converged.double
