@@ -61,7 +61,8 @@ integration: collection hosts-image llama-server
 	  pytest -q --durations=20 --ignore=tests/integration/security tests/integration
 
 # The security suite (real hosts, faults, rotation) is its own lane beside integration and Molecule.
-security: collection hosts-image llama-server
+# Its host runs the REAL TabbyAPI, installed offline from the wheelhouse of tabbyapi-wheels.
+security: collection hosts-image llama-server tabbyapi-wheels
 	@STEP_TAIL=30 STEP_TAIL_ALWAYS=1 tests/tools/step.sh security "security suite (tests/integration/security)" \
 	  pytest -q --durations=10 tests/integration/security
 

@@ -1,19 +1,31 @@
 # Copyright (c) 2026, gpufleet.llm contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""One real systemd test host (podman, localhost/gpufleet-host:bookworm) for the security suite.
+"""The real systemd test hosts (podman, localhost/gpufleet-host:bookworm) of the security suite.
 
-It runs all four roles through playbooks/site.yml (gpufleet.llm.site): TabbyAPI (the test double,
-archive install), a llama.cpp instance (the real llama-server, built once and cached by tests/tools/
-build-llama-server.sh), an SGLang
-instance (the test double) and the router in front of them. Every key is a fresh random value of
-this session. Every ansible-playbook run of the suite goes through ``SecurityHost.play``, which keeps
-its whole output so that test_secret_hygiene.py can grep all of it at the end.
+The suite's host runs all four roles through playbooks/site.yml (gpufleet.llm.site): the REAL TabbyAPI
+(the unmodified snapshot of the commit the role pins, from ../shared/vendor/tabbyapi through the archive
+method, its dependencies offline from the wheelhouse of tests/tools/tabbyapi-wheels.sh; no pip extras,
+developer.unsafe_launch, started with no model), a llama.cpp instance (the real llama-server, built once
+and cached by tests/tools/build-llama-server.sh), an SGLang instance (the test double) and the router in
+front of them. The real TabbyAPI prints its API key and admin key at every start and writes loguru log
+files: the grep of test_secret_hygiene.py proves the roles' launcher masks them.
 
-/opt/tabbyapi (TabbyAPI's install dir, where api_tokens.yml lives) is a 2 MB tmpfs, so that
-test_faults.py can fill the file system under api_tokens.yml.
+The double host (``double_host``, the suite's host name + "-2") runs the TabbyAPI test double
+(tests/doubles/tabbyapi), a llama.cpp instance and a router: the cases where a model must load
+(test_faults.py's model-load faults, a request through the router to a TabbyAPI model) run there, and
+test_rotation_faults.py uses it as the second host of its llama.cpp rotation. It has its own inventory
+and shares the keys and the record of runs with the suite's host.
 
-GPUFLEET_KEEP_HOST=1 keeps the container afterwards; GPUFLEET_SECHOST=<name> reuses such a kept host
-(the session's fresh keys then reach it through the converge run, as a key change would).
+Every key is a fresh random value of this session. Every ansible-playbook run of the suite goes through
+``SecurityHost.play``, which keeps its whole output so that test_secret_hygiene.py can grep all of it at
+the end.
+
+/opt/tabbyapi (TabbyAPI's install dir, where api_tokens.yml lives) is an 8 MB tmpfs on the suite's host,
+so that test_faults.py can fill the file system under api_tokens.yml (the real tree takes about 1 MB).
+
+GPUFLEET_KEEP_HOST=1 keeps the containers afterwards; GPUFLEET_SECHOST=<name> reuses such a kept host
+and its double host (the session's fresh keys then reach them through the converge runs, as a key change
+would).
 """
 
 import os
@@ -21,6 +33,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -33,6 +46,11 @@ from hosts_ssh import ssh_vars  # noqa: E402  pylint: disable=wrong-import-posit
 BIN = Path(sys.executable).parent
 IMAGE = 'localhost/gpufleet-host:bookworm'
 CA = '/usr/local/share/gpufleet-controller-ca.crt'
+VENDOR = Path(os.environ.get('GPUFLEET_TABBYAPI_VENDOR') or ROOT.parent / 'shared' / 'vendor' / 'tabbyapi')
+PODMAN_ENV = dict(os.environ, CONTAINERS_CONF=str(ROOT / 'tests/hosts/containers.conf'))
+# The groups of the double host: TabbyAPI (the double), llama.cpp (test_rotation_faults.py's second
+# host) and the router (a request through it to the double's model).
+DOUBLE_HOST_GROUPS = ('tabbyapi', 'llamacpp', 'llm_router')
 
 
 def new_key(label):
@@ -82,17 +100,21 @@ def hits(text, values):
 
 
 class SecurityHost:
-    def __init__(self, name, workdir):
-        self.name, self.workdir = name, workdir
-        self.outputs = []            # (label, argv, output) of every ansible-playbook run
-        self.keys = {
-            'tabbyapi_api_key': new_key('tabby-api'),
-            'tabbyapi_admin_key': new_key('tabby-admin'),
-            'llamacpp_api_key': new_key('llamacpp'),
-            'sglang_api_key': new_key('sglang'),
-            'llm_router_client_api_keys': [new_key('client')],
-        }
-        self.extra_secrets = []      # wrong keys and rotated keys used by the tests (also never printed)
+    def __init__(self, name, workdir, groups=('tabbyapi', 'llamacpp', 'sglang', 'llm_router'), shares=None):
+        """shares: another SecurityHost whose keys, secrets and record of runs this one shares."""
+        self.name, self.workdir, self.groups = name, workdir, tuple(groups)
+        if shares is not None:
+            self.outputs, self.keys, self.extra_secrets = shares.outputs, shares.keys, shares.extra_secrets
+        else:
+            self.outputs = []            # (label, argv, output) of every ansible-playbook run
+            self.keys = {
+                'tabbyapi_api_key': new_key('tabby-api'),
+                'tabbyapi_admin_key': new_key('tabby-admin'),
+                'llamacpp_api_key': new_key('llamacpp'),
+                'sglang_api_key': new_key('sglang'),
+                'llm_router_client_api_keys': [new_key('client')],
+            }
+            self.extra_secrets = []      # wrong keys and rotated keys used by the tests (also never printed)
         self.group_vars = {}
 
     # -- every secret value of the session ---------------------------------------------------------
@@ -136,7 +158,7 @@ class SecurityHost:
         hosts = {self.name: host}
         all_groups = ('tabbyapi', 'llamacpp', 'sglang', 'llm_router')
         extra = extra_hosts if isinstance(extra_hosts, dict) else {h: all_groups for h in extra_hosts or ()}
-        member = {self.name: all_groups}
+        member = {self.name: self.groups}
         for h, its_groups in extra.items():
             hosts[h] = dict(host)
             member[h] = its_groups
@@ -197,30 +219,83 @@ def _artifacts(workdir):
     return art
 
 
+def _real_tabbyapi():
+    """(archive, wheelhouse) of the REAL TabbyAPI at the commit the role pins, as tests/tools/site-demo.sh
+    finds them: the unmodified snapshot in ../shared/vendor/tabbyapi (GPUFLEET_TABBYAPI_VENDOR) and the
+    wheelhouse of tests/tools/tabbyapi-wheels.sh (built once, then cached; `make tabbyapi-wheels`)."""
+    pinned = yaml.safe_load((ROOT / 'roles/tabbyapi/defaults/main.yml').read_text())['tabbyapi_git_version']
+    assert len(pinned) == 40, 'tabbyapi_git_version is not a commit: %s' % pinned
+    archives = sorted(VENDOR.glob('tabbyAPI-*-%s.tar.gz' % pinned[:12]))
+    assert archives, 'no archive of TabbyAPI\'s pinned commit %s in %s' % (pinned[:12], VENDOR)
+    built = subprocess.run([str(ROOT / 'tests/tools/tabbyapi-wheels.sh')], check=True, capture_output=True, text=True,
+                           env=dict(os.environ, GPUFLEET_TABBYAPI_VENDOR=str(VENDOR)))
+    wheels = built.stdout.strip().splitlines()[-1]
+    assert Path(wheels, '.stamp').is_file(), 'tabbyapi-wheels.sh printed no wheelhouse: %s' % built.stdout
+    return str(archives[0]), wheels
+
+
+def start_container(name, hostname, *podman_args):
+    """A fresh systemd test host named name (an old one of that name is removed), up and running."""
+    subprocess.run(['podman', 'rm', '-f', name], env=PODMAN_ENV, capture_output=True, check=False)
+    subprocess.run(['podman', 'run', '-d', '--name', name, '--hostname', hostname, '--systemd=always']
+                   + list(podman_args) + [IMAGE, '/sbin/init'], env=PODMAN_ENV, check=True, capture_output=True)
+    wait_for_systemd(name)
+
+
+def wait_for_systemd(name):
+    deadline = time.monotonic() + 60
+    while container_sh(name, 'systemctl is-system-running', check=False).stdout.strip() not in ('running', 'degraded'):
+        assert time.monotonic() < deadline, 'systemd did not come up in the test host %s' % name
+        time.sleep(1)
+
+
+def container_exists(name):
+    return subprocess.run(['podman', 'container', 'exists', name], env=PODMAN_ENV, check=False).returncode == 0
+
+
+class DoubleHostBringUp(threading.Thread):
+    """Starts and converges the double host beside the suite's host's converge (most of a converge is
+    waiting: on the host, on the gates), so that the second host costs the suite little time."""
+
+    def __init__(self, host, reuse):
+        super().__init__(name='double-host', daemon=True)
+        self.host, self.reuse, self.result, self.error = host, reuse, None, None
+
+    def run(self):
+        try:
+            if not (self.reuse and container_exists(self.host.name)):
+                start_container(self.host.name, 'sechost2')
+            wait_for_systemd(self.host.name)
+            self.host.sh('mkdir -p /srv/models/exl2/double-model-exl2 /srv/models/exl2/second-model-exl2')
+            self.result = self.host.play('converge-double-host', '-vvv', '--diff')
+        except Exception as exc:  # pylint: disable=broad-exception-caught  # reported by double_host
+            self.error = exc
+
+
 @pytest.fixture(scope='session')
 def sechost(tmp_path_factory):
     workdir = tmp_path_factory.mktemp('sechost')
     reuse = os.environ.get('GPUFLEET_SECHOST', '')
     name = reuse or 'gpufleet-secsuite-%d' % os.getpid()
-    env = dict(os.environ, CONTAINERS_CONF=str(ROOT / 'tests/hosts/containers.conf'))
-    if not reuse:
-        subprocess.run(['podman', 'rm', '-f', name], env=env, capture_output=True, check=False)
-        subprocess.run(['podman', 'run', '-d', '--name', name, '--hostname', 'sechost', '--systemd=always',
-                        '--tmpfs', '/opt/tabbyapi:rw,size=2m,mode=0755', IMAGE, '/sbin/init'],
-                       env=env, check=True, capture_output=True)
     host = SecurityHost(name, workdir)
+    double = SecurityHost(name + '-2', tmp_path_factory.mktemp('doublehost'), groups=DOUBLE_HOST_GROUPS, shares=host)
+    bring_up = None
     try:
-        deadline = time.monotonic() + 60
-        while host.sh('systemctl is-system-running', check=False).stdout.strip() not in ('running', 'degraded'):
-            assert time.monotonic() < deadline, 'systemd did not come up in the test host'
-            time.sleep(1)
+        if not reuse:
+            start_container(name, 'sechost', '--tmpfs', '/opt/tabbyapi:rw,size=8m,mode=0755')
+        wait_for_systemd(name)
         art = _artifacts(workdir)
+        real_archive, wheelhouse = _real_tabbyapi()
         host.sh('mkdir -p /srv/models/exl2/double-model-exl2 /srv/models/exl2/second-model-exl2')
         host.group_vars = {
             'gpufleet_serial': 2,
-            'tabbyapi_install_method': 'archive', 'tabbyapi_archive_src': str(art / 'tabbyapi-double.tar.gz'),
+            # The REAL TabbyAPI (as molecule/tabbyapi_wrong_key installs it): no pip extras, offline from
+            # the wheelhouse; on a CPU-only host it starts only with developer.unsafe_launch, and with no
+            # model (none can load without a GPU).
+            'tabbyapi_install_method': 'archive', 'tabbyapi_archive_src': real_archive,
+            'tabbyapi_pip_wheelhouse': wheelhouse,
             'tabbyapi_pip_extras': '', 'tabbyapi_pip_cert': CA, 'tabbyapi_model_dir': '/srv/models/exl2',
-            'tabbyapi_model_name': 'double-model-exl2', 'tabbyapi_gate_timeout': 60,
+            'tabbyapi_model_name': '', 'tabbyapi_gate_timeout': 120,
             'tabbyapi_config_extra': {'developer': {'unsafe_launch': True}},
             'sglang_pip_src': str(art / 'sglang-0.0.0.tar.gz'), 'sglang_pip_cert': CA, 'sglang_gate_timeout': 60,
             'sglang_instances': [{'name': 'chat', 'model_path': '/srv/models/hf/Qwen2.5-7B-Instruct'}],
@@ -232,13 +307,26 @@ def sechost(tmp_path_factory):
             # suite reaches every unit; the exclusive (router-managed) path is molecule/fleet's.
             'llm_router_swap_policy': 'shared',
         }
+        # What the double host runs instead of the real TabbyAPI: the test double, with a model it loads.
+        double.group_vars = dict(host.group_vars, **{
+            'tabbyapi_archive_src': str(art / 'tabbyapi-double.tar.gz'), 'tabbyapi_pip_wheelhouse': '',
+            'tabbyapi_model_name': 'double-model-exl2', 'tabbyapi_gate_timeout': 60,
+        })
+        bring_up = DoubleHostBringUp(double, reuse)
+        bring_up.start()
         rc, output, took = host.play('converge', '-vvv', '--diff')
         host.converge = (rc, output, took)
+        host.double, host.double_bring_up = double, bring_up
         yield host
     finally:
-        (workdir / 'journal.txt').write_text(host.sh('journalctl --no-pager -o short-iso', check=False).stdout)
+        if bring_up is not None:
+            bring_up.join()
+        for each in (host, double):
+            if container_exists(each.name):
+                (each.workdir / 'journal.txt').write_text(each.sh('journalctl --no-pager -o short-iso', check=False).stdout)
         if not os.environ.get('GPUFLEET_KEEP_HOST') and not reuse:
-            subprocess.run(['podman', 'rm', '-f', name], env=env, capture_output=True, check=False)
+            for each in (name, double.name):
+                subprocess.run(['podman', 'rm', '-f', each], env=PODMAN_ENV, capture_output=True, check=False)
 
 
 @pytest.fixture(scope='session')
@@ -246,3 +334,17 @@ def converged(sechost):
     rc, output, _ign = sechost.converge
     assert rc == 0, output[-6000:]
     return sechost
+
+
+@pytest.fixture(scope='session')
+def double_host(converged):
+    """The double host (conftest's docstring): the TabbyAPI test double (model double-model-exl2), llama.cpp
+    'tiny' and the router, converged through site.yml with its own inventory, the suite's keys and record
+    of runs; brought up beside the suite's host's converge."""
+    bring_up = converged.double_bring_up
+    bring_up.join()
+    if bring_up.error is not None:
+        raise bring_up.error
+    rc, output, _ign = bring_up.result
+    assert rc == 0, output[-6000:]
+    return converged.double

@@ -1,10 +1,15 @@
 # Copyright (c) 2026, gpufleet.llm contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Fault matrix on a real systemd host, through playbooks/site.yml (-vvv, so test_secret_hygiene.py
+"""Fault matrix on real systemd hosts, through playbooks/site.yml (-vvv, so test_secret_hygiene.py
 also greps these failing runs for keys). Each case asserts the error it names, that it came far
 below the timeout it had, and that nothing was lost (the keys and the service that was serving).
 
-The cases run in file order on one host; each leaves TabbyAPI serving again for the next one.
+The cases that need no loaded model (a key missing, a wrong gate key, the start limit, a full file
+system under api_tokens.yml) run on the suite's host, against the REAL TabbyAPI; the model-load cases
+(configured model absent, slow load, port never opening, crash while loading) need a model to load,
+so they run on the double host (conftest.py), whose TabbyAPI is the test double and its
+TABBY_DOUBLE_LOAD_SECONDS. The cases run in file order; each leaves TabbyAPI serving again for the
+next one on its host.
 """
 
 import re
@@ -54,7 +59,14 @@ def tabby_run(host, label, **overrides):
 
 @pytest.fixture(scope='module')
 def host(converged):
+    """The suite's host: the real TabbyAPI (no model)."""
     return converged
+
+
+@pytest.fixture(scope='module')
+def double(double_host):
+    """The double host: the TabbyAPI test double, which loads its model (double-model-exl2)."""
+    return double_host
 
 
 def test_key_missing_stops_before_any_host_is_touched(host):
@@ -84,28 +96,28 @@ def test_wrong_key_fails_at_once_and_the_old_service_keeps_serving(host):
     assert tabby_accepts(host, wrong) == 401
 
 
-def test_configured_model_absent_fails_naming_the_unit(host):
-    rc, output, took = tabby_run(host, 'model-absent', tabbyapi_model_name='no-such-model-exl2')
+def test_configured_model_absent_fails_naming_the_unit(double):
+    rc, output, took = tabby_run(double, 'model-absent', tabbyapi_model_name='no-such-model-exl2')
     assert rc != 0
     assert re.search(r'unit tabbyapi\.service is (failed|inactive)', output), output[-3000:]
     assert 'Could not find the model path for load' in output          # the journal lines in the message
     assert took < BIG / 3 and gate_elapsed(output) < 120                # restart limit (5 x 5 s), not 900 s
-    assert host.keys['tabbyapi_api_key'] not in host.sh('journalctl -u tabbyapi.service --no-pager').stdout
+    assert double.keys['tabbyapi_api_key'] not in double.sh('journalctl -u tabbyapi.service --no-pager').stdout
 
 
-def test_slow_load_within_the_timeout_succeeds(host):
+def test_slow_load_within_the_timeout_succeeds(double):
     """The double keeps its port closed for 20 s while it loads (as TabbyAPI does); the gate waits."""
     started = time.monotonic()
-    rc, output, took = tabby_run(host, 'slow-load', tabbyapi_gate_timeout=120,
+    rc, output, took = tabby_run(double, 'slow-load', tabbyapi_gate_timeout=120,
                                  tabbyapi_service_extra={'Environment': 'TABBY_DOUBLE_LOAD_SECONDS=20'})
     assert rc == 0, output[-3000:]
     assert took >= 20 and time.monotonic() - started < 600
     assert 5 < gate_elapsed(output) < 120
-    assert tabby_accepts(host, host.keys['tabbyapi_api_key']) == 200
+    assert tabby_accepts(double, double.keys['tabbyapi_api_key']) == 200
 
 
-def test_port_never_opening_times_out_naming_the_last_answer(host):
-    rc, output, took = tabby_run(host, 'port-never-opens', tabbyapi_gate_timeout=25,
+def test_port_never_opening_times_out_naming_the_last_answer(double):
+    rc, output, took = tabby_run(double, 'port-never-opens', tabbyapi_gate_timeout=25,
                                  tabbyapi_service_extra={'Environment': 'TABBY_DOUBLE_LOAD_SECONDS=100000'})
     assert rc != 0
     assert re.search(r'was not ready on /v1/model\S* after 25(\.0)? s and \d+ attempts; last: connection refused', output), \
@@ -113,10 +125,10 @@ def test_port_never_opening_times_out_naming_the_last_answer(host):
     assert took < 25 + 300 and 25 <= gate_elapsed(output) < 40
 
 
-def test_crash_while_loading_fails_once_the_unit_gives_up(host):
+def test_crash_while_loading_fails_once_the_unit_gives_up(double):
     """systemd kills the loading process after 3 s (RuntimeMaxSec): Restart=on-failure retries until the
     start limit, then the unit is failed and the gate stops at once instead of waiting its 900 s."""
-    rc, output, took = tabby_run(host, 'crash-while-loading',
+    rc, output, took = tabby_run(double, 'crash-while-loading',
                                  tabbyapi_service_extra={'Environment': 'TABBY_DOUBLE_LOAD_SECONDS=60',
                                                          'RuntimeMaxSec': '3', 'RestartSec': '1'})
     assert rc != 0
@@ -128,8 +140,8 @@ def test_a_rerun_after_the_start_limit_starts_the_unit_again(host):
     """A unit started too often (StartLimitBurst starts within StartLimitIntervalSec: a crash loop, or an
     operator's restarts) is failed with start-limit-hit, and systemd refuses every start for 300 s. The
     next run (the fault repaired) clears it with reset-failed before it starts the unit, and converges."""
-    # From a healthy unit (the case before this one leaves a crash-looping one behind), so that the
-    # limit below comes from the restarts of this test alone.
+    # From a healthy unit, converged and gated (the real TabbyAPI, no model), so that the limit below
+    # comes from the restarts of this test alone.
     rc, output, _ign = tabby_run(host, 'healthy-before-start-limit', tabbyapi_gate_timeout=120)
     assert rc == 0, output[-3000:]
     for _attempt in range(12):
@@ -175,8 +187,11 @@ def test_full_filesystem_under_api_tokens_leaves_the_old_file_intact(host):
     assert router_serves(host)[0] == 200
 
 
-def test_everything_serves_after_the_faults(host):
-    rc, output, _ign = host.play('after-faults', '--diff')
-    assert rc == 0, output[-3000:]
-    assert router_serves(host, 'tiny')[0] == 200
-    assert router_serves(host, 'double-model-exl2')[0] == 200
+def test_everything_serves_after_the_faults(host, double):
+    for on in (host, double):
+        rc, output, _ign = on.play('after-faults', '--diff')
+        assert rc == 0, output[-3000:]
+        assert router_serves(on, 'tiny')[0] == 200
+    # a TabbyAPI model through the router: the double's (the real server cannot load one without a GPU)
+    assert router_serves(double, 'double-model-exl2')[0] == 200
+    assert tabby_accepts(host, host.keys['tabbyapi_api_key']) == 200

@@ -1,6 +1,6 @@
 # Copyright (c) 2026, gpufleet.llm contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Faults during playbooks/rotate_keys.yml on the suite's real systemd host, with the keys in a REAL
+"""Faults during playbooks/rotate_keys.yml on the suite's real systemd host (the real TabbyAPI), with the keys in a REAL
 OpenBao dev server on the controller's loopback, reached through a relay the test can cut
 (tests/support/openbao.py): OpenBao unreachable before anything is stored, at the first write, and
 after the new keys are stored (mid-roll); a second systemd host unreachable between the passes.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IMAGE, KEY_FILES, ROOT, container_sh, files_holding, hits, journal_hits
+from conftest import KEY_FILES, ROOT, container_sh, files_holding, hits, journal_hits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / 'support'))
 
@@ -226,25 +226,11 @@ def test_openbao_lost_mid_roll_after_the_new_keys_are_stored(host, store):
 
 
 @pytest.fixture(scope='module')
-def second_host(host):
-    """A second systemd host that runs one llama.cpp instance (the real llama-server) and nothing else."""
-    name = host.name + '-2'
-    env = dict(os.environ, CONTAINERS_CONF=str(ROOT / 'tests/hosts/containers.conf'))
-    subprocess.run(['podman', 'rm', '-f', name], env=env, capture_output=True, check=False)
-    subprocess.run(['podman', 'run', '-d', '--name', name, '--hostname', 'sechost2', '--systemd=always', IMAGE,
-                    '/sbin/init'], env=env, check=True, capture_output=True)
-    try:
-        deadline = time.monotonic() + 60
-        while subprocess.run(['podman', 'exec', name, 'systemctl', 'is-system-running'], env=env, capture_output=True,
-                             text=True, check=False).stdout.strip() not in ('running', 'degraded'):
-            assert time.monotonic() < deadline, 'systemd did not come up in the second host'
-            time.sleep(1)
-        rc, output, _ign = host.play('converge-second-host', '--limit', name, extra_hosts={name: ['llamacpp']})
-        assert rc == 0, output[-4000:]
-        yield name
-    finally:
-        if not os.environ.get('GPUFLEET_KEEP_HOST'):
-            subprocess.run(['podman', 'rm', '-f', name], env=env, capture_output=True, check=False)
+def second_host(double_host):
+    """A second systemd host with one llama.cpp instance (the real llama-server): the suite's double host
+    (conftest.py), which also runs the TabbyAPI double and a router under its own inventory. Here it is
+    only in the llamacpp group, so the rotation touches its llama.cpp instance alone."""
+    return double_host.name
 
 
 def llamacpp_answers(host, key, name=None):
