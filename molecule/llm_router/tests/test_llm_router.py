@@ -365,7 +365,7 @@ def test_a_key_change_under_load_gives_only_200_or_503_with_retry_after(host):
     assert show(host, "llm-router.service")["MainPID"] == router_pid        # reloaded, not restarted
     a = ask(host, old=["GET", "/v1/models", bearer(OLD_CLIENT_KEY)],
             new=["POST", "/v1/chat/completions", bearer(CLIENT_KEY), chat("tiny-a")],
-            health=["GET", "/health"])
+            health=["GET", "/health", bearer(CLIENT_KEY)])
     assert a["old"]["status"] == 401 and a["new"]["status"] == 200, a      # old client key gone after reload
     assert not any(b["drained"] for b in json.loads(a["health"]["body"])["backends"].values()), a["health"]
     for key in KEYS + (NEW_LLAMACPP_KEY,):
