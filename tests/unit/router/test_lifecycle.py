@@ -272,3 +272,28 @@ def test_the_router_s_own_trouble_blames_no_backend(systemctl):
         lifecycle.asyncio.create_subprocess_exec = saved
     assert (e.value.status, e.value.code) == (503, 'router_overloaded')
     assert cfg.backends['one'].failures == 0 and board.metrics.swaps == {('one', 'overloaded'): 1}
+
+
+def test_a_finished_swap_whose_callback_has_not_run_is_not_waited_on_again(systemctl):
+    """A request that arrives after a swap's task finished but before its done callback cleared it
+    (the callback waits its turn in the event loop) must not spin on the finished task: awaiting a
+    done task does not yield, and the router froze (200 clients across model swaps, under load)."""
+    import threading  # pylint: disable=import-outside-toplevel
+    cfg, board = board_for(systemctl, policy='shared')
+    ready_answers(board, {'one': MODELS_OK, 'two': MODELS_OK})
+    outcome = {}
+
+    async def go():
+        finished = asyncio.ensure_future(asyncio.sleep(0))
+        await finished                                     # done; no callback will ever clear it
+        board.swap = lifecycle.Swap(cfg.models['m1'], finished, frozenset({'one'}))
+        await board.acquire(cfg.models['m1'])               # must start its own swap, not spin
+        outcome['ready'] = cfg.backends['one'].state
+        await board.acquire(cfg.models['m2'])
+        outcome['both'] = (cfg.backends['one'].inflight, cfg.backends['two'].inflight)
+
+    thread = threading.Thread(target=lambda: asyncio.run(go()), daemon=True)
+    thread.start()
+    thread.join(20)
+    assert not thread.is_alive(), 'acquire() spun on a finished swap'
+    assert outcome == {'ready': 'ready', 'both': (1, 1)}

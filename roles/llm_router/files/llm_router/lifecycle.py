@@ -86,6 +86,10 @@ class Switchboard:
             if self.swap is None:
                 self.swap = self._begin_swap(model)
             swap = self.swap
+            if swap.task.done():
+                # Finished, but its done callback (which clears self.swap) has not run yet: awaiting a
+                # done task does not yield, so waiting on it again would spin and freeze the router.
+                self.swap = None
             try:
                 await asyncio.shield(swap.task)
             except SwapError:
@@ -120,7 +124,8 @@ class Switchboard:
         return Swap(model, task, frozenset(closed))
 
     def _swap_done(self, task):
-        self.swap = None
+        if self.swap is not None and self.swap.task is task:   # not a newer swap begun meanwhile
+            self.swap = None
         if not task.cancelled():
             task.exception()             # consumed here; waiters get it through shield()
 
