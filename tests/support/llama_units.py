@@ -16,7 +16,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from systemctl_standin import stop_all  # noqa: F401  pylint: disable=unused-import  (the tests' clean-up)
+# stop_all: the tests' clean-up of what the stand-in started
+from systemctl_standin import stop_all  # noqa: F401  pylint: disable=unused-import
 
 ROOT = Path(__file__).resolve().parents[2]
 STANDIN = Path(__file__).resolve().parent / 'systemctl_standin.py'

@@ -246,7 +246,7 @@ def test_polkit_rule_allows_only_start_stop_and_reset_failed_of_backend_units(ho
     assert as_router('reset-failed', 'dbl-broken.service').returncode == 0    # clears a start limit (swaps)
     for verb, unit in (('start', 'dbl-other.service'), ('stop', 'llm-router.service'),
                        ('restart', 'dbl-sg.service'), ('stop', 'polkit.service'),
-                       ('reset-failed', 'dbl-other.service'), ('reset-failed', 'polkit.service')):
+                       ('reset-failed', 'llm-router.service'), ('reset-failed', 'polkit.service')):
         p = as_router(verb, unit)
         assert p.returncode != 0, (verb, unit)
         assert 'Access denied' in p.stderr or 'authentication required' in p.stderr.lower(), p.stderr
