@@ -192,8 +192,8 @@ class Switchboard(Scheduling):
         log.info('drained %s (planned maintenance)', ', '.join(b.name for b in backends))
         deadline = time.monotonic() + timeout
         swap = self.swap                 # one still waiting for min_residency touches nothing drained when it goes on
-        if swap is not None and not swap.waiting and (swap.model.backend in backends
-                                                       or any(b.name in swap.closed for b in backends)):
+        touched = swap is not None and (swap.model.backend in backends or any(b.name in swap.closed for b in backends))
+        if touched and not swap.waiting:
             await asyncio.wait([swap.task], timeout=max(0.0, deadline - time.monotonic()))
         for b in backends:
             try:
