@@ -169,6 +169,7 @@ def test_files_owners_modes_and_no_key_outside_the_env_file(host):
     assert 'LLAMACPP_API_KEY="%s"' % LLAMACPP_KEY in env
     config = host.check_output("cat /etc/llm-router/router.yml")
     assert config.count("key_env: LLAMACPP_API_KEY") == 2 and "swap_policy: exclusive" in config
+    assert "min_residency: 2.0" in config
     assert "unit: llamacpp@tiny-a.service" in config and "port: 4000" in config
     rule = host.check_output("cat /etc/polkit-1/rules.d/50-llm-router.rules")
     assert '"llamacpp@tiny-a.service"' in rule and '"llamacpp@tiny-b.service"' in rule and '"llm-router"' in rule
@@ -269,16 +270,18 @@ def test_polkit_lets_the_router_user_start_and_stop_only_its_units(host):
         return host.run("runuser -u llm-router -- systemctl %s %s" % (verb, unit))
 
     for verb, unit in (("stop", "unrelated.service"), ("stop", "llm-router.service"),
-                       ("restart", UNIT_A), ("start", "unrelated.service"), ("stop", "polkit.service")):
+                       ("restart", UNIT_A), ("start", "unrelated.service"), ("stop", "polkit.service"),
+                       ("reset-failed", "unrelated.service"), ("reset-failed", "polkit.service")):
         denied = as_router(verb, unit)
         assert denied.rc != 0, (verb, unit)
         assert "Access denied" in denied.stderr or "authentication required" in denied.stderr.lower(), denied.stderr
     assert active(host, "unrelated.service") == "active"
     assert active(host, "llm-router.service") == "active"
     assert active(host, "polkit.service") == "active"
-    # the same user may stop and start a backend unit (what a swap does)
+    # the same user may stop and start a backend unit (what a swap does), and clear its start limit
     assert as_router("stop", UNIT_A).rc == 0 and active(host, UNIT_A) == "inactive"
     assert as_router("start", UNIT_A).rc == 0 and active(host, UNIT_A) == "active"
+    assert as_router("reset-failed", UNIT_A).rc == 0
     host.check_output("systemctl stop unrelated.service")
 
 
@@ -370,6 +373,35 @@ def test_a_key_change_under_load_gives_only_200_or_503_with_retry_after(host):
     assert not any(b["drained"] for b in json.loads(a["health"]["body"])["backends"].values()), a["health"]
     for key in KEYS + (NEW_LLAMACPP_KEY,):
         assert key not in output
+
+
+def test_model_ping_pong_past_the_start_limit_keeps_every_model_served(host):
+    """Issue #17 item 6a: requests alternating between the two models start each unit more often than
+    its StartLimitBurst (5 in 300 s, the roles' unit defaults). Every request is answered 200 (the
+    router clears the start limit its own swaps hit: systemctl reset-failed, allowed by its polkit
+    rule), and afterwards both models answer and /health shows an active backend."""
+    for unit in (UNIT_A, UNIT_B):
+        limits = host.check_output("systemctl show %s -p StartLimitBurst -p StartLimitIntervalUSec" % unit)
+        assert "StartLimitBurst=5" in limits and "StartLimitIntervalUSec=5min" in limits, limits
+    since = host.check_output("date '+%Y-%m-%d %H:%M:%S'").strip()
+    rounds = 7                                   # each unit started 7 times (and more by the tests before)
+    requests = {"%02d" % i: ["POST", "/v1/chat/completions", bearer(CLIENT_KEY), chat(("tiny-a", "tiny-b")[i % 2])]
+                for i in range(2 * rounds)}
+    t0 = time.monotonic()
+    a = ask(host, **requests)
+    took = time.monotonic() - t0
+    print("ping-pong: %d requests in %.1f s, statuses %s" % (len(a), took, [a[k]["status"] for k in sorted(a)]))
+    assert [k for k in sorted(a) if a[k]["status"] != 200] == [], {k: a[k] for k in a if a[k]["status"] != 200}
+    log = host.check_output("journalctl --no-pager -u llm-router.service --since '%s'" % since)
+    assert "hit its start limit" in log, log      # the limit was really reached, and cleared
+    assert log.count("swap to model") >= 2 * rounds - 1, log
+    after = ask(host, a=["POST", "/v1/chat/completions", bearer(CLIENT_KEY), chat("tiny-a")],
+                b=["POST", "/v1/chat/completions", bearer(CLIENT_KEY), chat("tiny-b")],
+                health=["GET", "/health", bearer(CLIENT_KEY)])
+    assert after["a"]["status"] == 200 and after["b"]["status"] == 200, after
+    health = json.loads(after["health"]["body"])
+    assert health["active_backends"] == ["llamacpp-tiny-b"], health
+    assert (active(host, UNIT_A), active(host, UNIT_B)) == ("inactive", "active")
 
 
 def test_no_key_in_the_journal(host):

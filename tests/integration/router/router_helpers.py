@@ -113,6 +113,7 @@ def procs(tmp_path):
         port = free_port()
         config = dict(config, listen={'host': '127.0.0.1', 'port': port})
         config.setdefault('log_level', 'DEBUG')
+        config.setdefault('min_residency', 0)      # swaps at once; the wait: test_router_scheduling.py
         path = tmp_path / ('router-%d.yml' % port)
         path.write_text(yaml.safe_dump(config))
         full_env = {'PATH': os.environ.get('PATH', ''), 'PYTHONPATH': str(install_router(tmp_path)),

@@ -108,6 +108,7 @@ def bundle(tmp):
     etc.mkdir(parents=True)
     (etc / 'router.yml').write_text(json.dumps({
         'listen': {'host': '127.0.0.1', 'port': 4000}, 'readiness_timeout': 60, 'log_level': 'DEBUG',
+        'min_residency': 0,                     # swaps at once (the wait: test_router_scheduling.py)
         'backends': {
             'sg': {'kind': 'sglang', 'url': 'http://127.0.0.1:8101', 'unit': 'dbl-sg.service', 'key_env': 'SG_KEY'},
             'tabby': {'kind': 'tabbyapi', 'url': 'http://127.0.0.1:8102', 'unit': 'dbl-tabby.service',
@@ -237,13 +238,15 @@ def test_a_backend_that_crashes_at_start_fails_at_once_with_its_lines_then_is_ba
     assert active(host, 'dbl-sg.service') == 'active'       # the working backend keeps serving
 
 
-def test_polkit_rule_allows_only_start_and_stop_of_backend_units(host):
+def test_polkit_rule_allows_only_start_stop_and_reset_failed_of_backend_units(host):
     def as_router(*args):
         return podman('exec', host, 'runuser', '-u', 'llm-router', '--', 'systemctl', *args, check=False)
     assert as_router('stop', 'dbl-sg.service').returncode == 0
     assert as_router('start', 'dbl-sg.service').returncode == 0
+    assert as_router('reset-failed', 'dbl-broken.service').returncode == 0    # clears a start limit (swaps)
     for verb, unit in (('start', 'dbl-other.service'), ('stop', 'llm-router.service'),
-                       ('restart', 'dbl-sg.service'), ('stop', 'polkit.service')):
+                       ('restart', 'dbl-sg.service'), ('stop', 'polkit.service'),
+                       ('reset-failed', 'llm-router.service'), ('reset-failed', 'polkit.service')):
         p = as_router(verb, unit)
         assert p.returncode != 0, (verb, unit)
         assert 'Access denied' in p.stderr or 'authentication required' in p.stderr.lower(), p.stderr

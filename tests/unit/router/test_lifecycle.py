@@ -41,6 +41,7 @@ def systemctl(tmp_path):
 def board_for(systemctl, policy='exclusive', **extra):
     doc = {
         'swap_policy': policy, 'readiness_timeout': 5, 'drain_timeout': 0.2, 'retry_after': 7,
+        'min_residency': 0,                 # a swap closes at once (the wait: test_scheduling.py)
         'systemctl': [sys.executable, str(systemctl)],
         'backends': {
             'one': {'kind': 'openai', 'url': 'http://127.0.0.1:9', 'unit': 'one.service'},

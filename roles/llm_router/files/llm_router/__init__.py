@@ -14,14 +14,16 @@ Read the modules in this order (each fits in one sitting):
 4. upstream.py   the keep-alive HTTP/1.1 client to the backends (router -> backends)
 5. lifecycle.py  the Switchboard: which backend is active, swaps (drain, systemctl stop/start,
                  readiness through _backend_probe), drain and resume for planned maintenance
-6. app.py        App, what every handler receives (cfg, metrics, board), the routes, the dispatch,
+6. scheduling.py part of the Switchboard: when a swap may close a backend (min_residency), and the
+                 systemd start limit a swap clears
+7. app.py        App, what every handler receives (cfg, metrics, board), the routes, the dispatch,
                  and serve(): listening, signals, the client-timeout sweep, graceful stop
-7. proxy.py      the handler that relays a request to its model's backend; the access log
-8. endpoints.py  /v1/models, /health, /metrics
-9. admin.py      the admin socket's endpoints (drain, resume, reload) and ``--reload``
-10. server.py    the HTTP/1.1 server for clients (clients -> router): Reply, Request, Stream,
+8. proxy.py      the handler that relays a request to its model's backend; the access log
+9. endpoints.py  /v1/models, /health, /metrics
+10. admin.py     the admin socket's endpoints (drain, resume, reload) and ``--reload``
+11. server.py    the HTTP/1.1 server for clients (clients -> router): Reply, Request, Stream,
                  Connection, limits and client timeouts
-11. __main__.py  the command line
+12. __main__.py  the command line
 
 app.py imports the handlers and the server; none of them imports app.py (a handler gets the App
 as its first argument, a Connection gets it when created), so there is no import cycle.
@@ -33,7 +35,8 @@ as its first argument, a Connection gets it when created), so there is no import
 * With ``swap_policy: exclusive`` (default) one backend holds the GPU at a time: a request for a
   model whose backend is not active drains the in-flight requests of the backend(s) it must stop,
   stops them (``systemctl stop``), starts its own (``systemctl start``), loads the model through
-  TabbyAPI's admin API when needed, and waits until the backend accepts the router's key.
+  TabbyAPI's admin API when needed, and waits until the backend accepts the router's key. A
+  backend a swap made ready serves for ``min_residency`` seconds before a swap may close it.
 * Readiness is read by ``_backend_probe`` (a copy in this package), the same code the
   ``gpufleet.llm.wait_for_backend`` module uses.
 * Planned maintenance (docs/router.md, "Admin socket"): on a unix socket only (``admin_socket``),

@@ -42,6 +42,7 @@ class Backend:
     last_error: str = ''
     failures: int = 0              # failed starts in a row (the back-off doubles with each)
     retry_at: float = 0.0          # monotonic time before which a failed backend is not started again
+    ready_since: float = -math.inf  # monotonic time a swap last made it ready (min_residency counts from it)
     inflight: int = 0
     idle: asyncio.Event | None = None
     upstream: 'Upstream | None' = None   # this backend's connection pool
@@ -71,6 +72,7 @@ class Config:
     key_file: str | None = None        # NAME="value" lines read at start and at every reload
     retry_after: int = 5               # Retry-After (seconds) of the 503 for a drained backend
     failure_backoff: float = 30.0      # seconds a backend that failed to start is refused (doubling, at most 8x)
+    min_residency: float = 30.0        # seconds a backend a swap made ready serves before a swap may close it
     client_timeout: float = 75.0       # seconds a client may keep the router waiting (see server.py)
 
 
@@ -110,7 +112,8 @@ def parse_config(data, environ):
         raise ConfigError('config: expected a mapping at the top level')
     _no_unknown(data, ('listen', 'backends', 'models', 'swap_policy', 'readiness_timeout',
                        'drain_timeout', 'shutdown_timeout', 'systemctl', 'log_level',
-                       'admin_socket', 'key_file', 'retry_after', 'client_timeout', 'failure_backoff'), '')
+                       'admin_socket', 'key_file', 'retry_after', 'client_timeout', 'failure_backoff',
+                       'min_residency'), '')
     listen = _get(data, 'listen', '', dict, {})
     _no_unknown(listen, ('host', 'port'), 'listen')
     host = _get(listen, 'host', 'listen', str, '127.0.0.1')
@@ -188,6 +191,13 @@ def parse_config(data, environ):
     if failure_backoff > 3600:
         raise ConfigError('failure_backoff: must be at most 3600 seconds, got %g' % failure_backoff)
 
+    min_residency = data.get('min_residency')
+    min_residency = 30.0 if min_residency is None else min_residency
+    if isinstance(min_residency, bool) or not isinstance(min_residency, (int, float)):
+        raise ConfigError('min_residency: expected float, got %s' % type(min_residency).__name__)
+    if not 0 <= min_residency <= 3600:          # NaN fails this test too
+        raise ConfigError('min_residency: must be 0 (no wait) to 3600 seconds, got %g' % min_residency)
+
     return Config(
         host=host, port=port, backends=backends, models=models, client_keys=keys,
         swap_policy=policy,
@@ -196,7 +206,7 @@ def parse_config(data, environ):
         shutdown_timeout=_get(data, 'shutdown_timeout', '', float, 30.0),
         systemctl=systemctl, log_level=level, admin_socket=paths['admin_socket'],
         key_file=paths['key_file'], retry_after=retry_after, failure_backoff=failure_backoff,
-        client_timeout=_get(data, 'client_timeout', '', float, 75.0))
+        min_residency=float(min_residency), client_timeout=_get(data, 'client_timeout', '', float, 75.0))
 
 
 def read_key_file(path):

@@ -1,8 +1,9 @@
 # Copyright (c) 2026, gpufleet.llm contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Backend lifecycle: the Switchboard knows which backend is active and runs the one swap in progress
-(drain the backends it must stop, systemctl stop/start, wait until the backend accepts the router's
-key, as _backend_probe reads it); it drains and resumes backends for planned maintenance."""
+(wait for min_residency, drain the backends it must stop, systemctl stop/start, wait until the backend
+accepts the router's key, as _backend_probe reads it; scheduling.py: when a swap may close a backend,
+and the start limits it clears); it drains and resumes backends for planned maintenance."""
 
 import asyncio
 import errno
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 from . import _backend_probe as probe
 from .config import Model
+from .scheduling import Scheduling
 from .server import openai_error
 from .upstream import RouterOverloaded, Upstream, UpstreamError
 
@@ -34,12 +36,16 @@ class SwapError(Exception):
 @dataclass
 class Swap:
     model: Model
-    task: asyncio.Task
+    task: asyncio.Task | None
     closed: frozenset              # backends whose new requests wait for this swap
+    closing: frozenset = frozenset()   # backends it drains: closed once their min_residency is over
+    waiting: bool = False          # waiting for min_residency (nothing closed, stopped or started yet)
 
 
-class Switchboard:
+class Switchboard(Scheduling):
     """Which backend is active, and the one swap in progress (if any)."""
+
+    unit_error = SwapError
 
     def __init__(self, cfg, metrics):
         self.cfg, self.metrics = cfg, metrics
@@ -116,12 +122,14 @@ class Switchboard:
         if self.cfg.swap_policy == 'exclusive' and target.unit:
             stop = [b for b in self.cfg.backends.values()
                     if b is not target and b.unit and b.state != 'stopped']
-        closed = {b.name for b in stop}
+        closing = {b.name for b in stop}
         if target.kind == 'tabbyapi' and target.loaded not in (None, model.backend_model):
-            closed.add(target.name)      # changing the loaded model: drain the old one first
-        task = asyncio.ensure_future(self._run_swap(model, stop, closed))
-        task.add_done_callback(self._swap_done)
-        return Swap(model, task, frozenset(closed))
+            closing.add(target.name)     # changing the loaded model: drain the old one first
+        waiting = self.residency_left([self.cfg.backends[n] for n in closing]) > 0
+        swap = Swap(model, None, frozenset() if waiting else frozenset(closing), frozenset(closing), waiting)
+        swap.task = asyncio.ensure_future(self._run_swap(swap, stop))
+        swap.task.add_done_callback(self._swap_done)
+        return swap
 
     def _swap_done(self, task):
         if self.swap is not None and self.swap.task is task:   # not a newer swap begun meanwhile
@@ -129,13 +137,15 @@ class Switchboard:
         if not task.cancelled():
             task.exception()             # consumed here; waiters get it through shield()
 
-    async def _run_swap(self, model, stop, closed):
+    async def _run_swap(self, swap, stop):
+        model = swap.model
         target, started = model.backend, time.monotonic()
         log.info('swap to model %s on backend %s: draining %s, stopping %s', model.name, target.name,
-                 ', '.join(sorted(closed)) or 'nothing', ', '.join(b.unit for b in stop) or 'nothing')
+                 ', '.join(sorted(swap.closing)) or 'nothing', ', '.join(b.unit for b in stop) or 'nothing')
         try:
+            await self.wait_residency(swap)
             self._refuse_drained([target] + stop)
-            await self._drain([self.cfg.backends[n] for n in closed])
+            await self._drain([self.cfg.backends[n] for n in swap.closed])
             for b in stop:
                 self._refuse_drained([target, b])   # drained meanwhile: its restart is someone else's
                 await self._systemctl('stop', b)
@@ -143,7 +153,7 @@ class Switchboard:
             if target.unit and target.state != 'ready':
                 self._refuse_drained([target])
                 target.state = 'starting'
-                await self._systemctl('start', target)
+                await self.start_unit(target)
             await self._wait_ready(model, started + self.cfg.readiness_timeout)
         except SwapError as e:
             if e.code in ('backend_draining', 'router_overloaded'):   # not the backend's fault: its state stays
@@ -161,6 +171,7 @@ class Switchboard:
             log.error('swap to model %s failed: %s', model.name, e.message)
             raise
         target.state, target.last_error, target.failures, target.retry_at = 'ready', '', 0, 0.0
+        target.ready_since = time.monotonic()
         self.metrics.swap(target.name, 'ok', time.monotonic() - started)
         log.info('model %s ready on backend %s after %.2f s', model.name, target.name,
                  time.monotonic() - started)
@@ -180,8 +191,9 @@ class Switchboard:
             b.drained, b.resume_pending = True, False
         log.info('drained %s (planned maintenance)', ', '.join(b.name for b in backends))
         deadline = time.monotonic() + timeout
-        swap = self.swap
-        if swap is not None and (swap.model.backend in backends or any(b.name in swap.closed for b in backends)):
+        swap = self.swap                 # one still waiting for min_residency touches nothing drained when it goes on
+        touched = swap is not None and (swap.model.backend in backends or any(b.name in swap.closed for b in backends))
+        if touched and not swap.waiting:
             await asyncio.wait([swap.task], timeout=max(0.0, deadline - time.monotonic()))
         for b in backends:
             try:

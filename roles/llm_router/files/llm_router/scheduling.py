@@ -1,0 +1,58 @@
+# Copyright (c) 2026, gpufleet.llm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Swap scheduling, a part of the Switchboard (lifecycle.py): when a swap may close the backends it
+must drain (min_residency), and the systemd start limit a swap clears (docs/router.md, "Swap scheduling").
+
+- A backend a swap made ready serves its own requests for min_residency seconds before another swap
+  closes it: the swap that needs it closed waits that long (its requests with it), while requests for
+  the backend go on being served. Then it closes the backend, drains it and swaps. So two models
+  asked for in turn swap at most once per min_residency, and a request for either waits at most
+  min_residency plus one drain and one swap.
+- Every `systemctl start` counts against the unit's StartLimitBurst (in StartLimitIntervalSec): swaps
+  faster than that leave the unit "failed" with Result=start-limit-hit and every later start refused
+  until the interval has passed. A start refused so is cleared (`systemctl reset-failed`) and tried
+  once more, unless the router's last start of that unit failed (failures in a row > 0): a unit that
+  really fails stays with systemd's limit and the router's failure back-off.
+"""
+
+import asyncio
+import logging
+import time
+
+log = logging.getLogger('llm_router')
+
+START_LIMIT_HIT = 'Result=start-limit-hit'
+
+
+class Scheduling:
+    """Mixin of lifecycle.Switchboard (self.cfg, self._systemctl)."""
+
+    unit_error = Exception               # what _systemctl raises: lifecycle.SwapError (lifecycle imports this module)
+
+    def residency_left(self, backends):
+        """Seconds until every ready backend of backends has been ready for min_residency seconds."""
+        now = time.monotonic()
+        return max([b.ready_since + self.cfg.min_residency - now for b in backends if b.state == 'ready'] + [0.0])
+
+    async def wait_residency(self, swap):
+        """Before it closes anything: wait until the backends the swap must close have served their
+        min_residency (they serve meanwhile), then close them (new requests for them wait for the swap)."""
+        wait = self.residency_left([self.cfg.backends[n] for n in swap.closing])
+        if wait > 0:
+            log.info('swap to model %s waits %.1f s: %s keep(s) serving for min_residency %g s',
+                     swap.model.name, wait, ', '.join(sorted(swap.closing)), self.cfg.min_residency)
+            await asyncio.sleep(wait)
+        swap.waiting, swap.closed = False, swap.closing
+
+    async def start_unit(self, b):
+        """systemctl start; a start limit the router's own swaps ran the unit into is cleared once."""
+        try:
+            await self._systemctl('start', b)
+            return
+        except self.unit_error as e:
+            if b.failures or START_LIMIT_HIT not in e.message:
+                raise
+        log.warning('unit %s of backend %s hit its start limit (StartLimitBurst) through swaps: '
+                    'systemctl reset-failed, then start again', b.unit, b.name)
+        await self._systemctl('reset-failed', b)
+        await self._systemctl('start', b)
