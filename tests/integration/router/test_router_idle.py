@@ -158,6 +158,7 @@ def test_tabbyapi_model_unloaded_through_its_admin_api_never_while_a_request_is_
     assert time.monotonic() - answered >= 0.9
     b = health(r)['backends']['tabby']
     assert (b['loaded'], b['state'], b['unload_in']) == (None, 'unknown', None), b
+    assert tabby.stats()['events'][-2:] == [['end', 'a'], ['unload', 'a']]
     # the next request loads the model again; a model with ttl 0 is never unloaded
     assert post(r, 'b').status_code == 200
     assert tabby.stats()['loads'] == ['a', 'b']
