@@ -96,12 +96,13 @@ def until(what, timeout=20, step=0.05):
     return time.monotonic()
 
 
-def test_an_idle_llama_server_is_stopped_after_its_ttl_and_the_next_request_starts_it(procs, units, llama):
+@pytest.mark.parametrize('policy', ['exclusive', 'shared'])
+def test_an_idle_llama_server_is_stopped_after_its_ttl_and_the_next_request_starts_it(procs, units, llama, policy):
     dummy, router = procs
     url = llama_unit(units, llama)
     r = router(config(units, {'llama': {'kind': 'llamacpp', 'url': url, 'unit': 'tiny.service', 'key_env': 'LLAMA_KEY',
                                         'ttl': 1.5}},
-                      {'tiny': {'backend': 'llama'}}), env=ENV)
+                      {'tiny': {'backend': 'llama'}}, swap_policy=policy), env=ENV)
     first = post(r, 'tiny')
     answered = time.monotonic()
     assert first.status_code == 200 and first.json()['object'] == 'chat.completion', first.text
