@@ -81,9 +81,9 @@ def test_a_request_arriving_during_an_unload_waits_and_starts_the_backend_again(
     one.state = 'ready'
 
     async def go():
-        assert watcher.unload_in(one, now=0.0) == 90.0
-        one.last_used = -1000.0
-        watcher.begin(one)                                      # what watch() does once it is due
+        assert watcher.look() == idle.TICK and board.swap is None   # seen ready now: 90 s to go
+        watcher.ready_since['one'] -= 1000                      # as if seen ready 1000 s ago
+        assert watcher.look() == idle.TICK                      # due: its unload begun at once
         assert one.state == 'unloading' and board.swap is not None
         await board.acquire(cfg.models['m1'])                   # arrives at that moment
         assert one.state == 'ready' and one.inflight == 1

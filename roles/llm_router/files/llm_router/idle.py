@@ -79,18 +79,27 @@ class Idle:
 
     async def watch(self):
         while True:
-            wait = TICK
-            for b in self.cfg.backends.values():
-                left = self.unload_in(b)
-                if left is None:
-                    continue
-                if left > 0:
-                    wait = min(wait, left)
-                elif self.board.swap is None:     # checked and begun in one step: no request slips in
-                    self.begin(b)
-                else:
-                    wait = min(wait, 0.1)         # a swap runs: look again soon
+            try:
+                wait = self.look()
+            except Exception:            # pylint: disable=broad-exception-caught
+                log.exception('idle watcher: unexpected error (it looks again in %g s)', TICK)
+                wait = TICK
             await asyncio.sleep(wait)
+
+    def look(self):
+        """Begin the unload of a backend that is due; return the seconds until the next look."""
+        wait = TICK
+        for b in self.cfg.backends.values():
+            left = self.unload_in(b)
+            if left is None:
+                continue
+            if left > 0:
+                wait = min(wait, left)
+            elif self.board.swap is None:         # checked and begun in one step: no request slips in
+                self.begin(b)
+            else:
+                wait = min(wait, 0.1)             # a swap runs: look again soon
+        return wait
 
     def begin(self, b):
         models = self.held(b)
