@@ -132,7 +132,8 @@ def test_a_request_arriving_while_the_unit_stops_waits_and_is_served(procs, unit
                       {'tiny': {'backend': 'llama', 'ttl': 1}}), env=ENV)
     assert post(r, 'tiny').status_code == 200
     until(lambda: units.calls()[-1:] == ['stop tiny.service'])
-    assert health(r)['backends']['llama']['state'] == 'unloading'
+    h = health(r)
+    assert h['backends']['llama']['state'] == 'unloading' and h['swapping_to'] is None, h   # an unload is no swap
     with ThreadPoolExecutor(3) as pool:
         waiting = [pool.submit(post, r, 'tiny') for dummy in range(3)]
         assert all(f.result().status_code == 200 for f in waiting), [f.result().text for f in waiting]

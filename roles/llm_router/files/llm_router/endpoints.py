@@ -26,7 +26,7 @@ async def health(app, req):
     return json_reply({
         'status': 'ok',
         'swap_policy': cfg.swap_policy,
-        'swapping_to': board.swap.model.name if board.swap else None,
+        'swapping_to': board.swap.model.name if board.swap and board.swap.model.backend.state != 'unloading' else None,
         'active_backends': [b.name for b in active],
         'backends': {b.name: {'kind': b.kind, 'unit': b.unit, 'state': b.state, 'loaded': b.loaded,
                               'in_flight': b.inflight, 'drained': b.drained,
