@@ -119,3 +119,17 @@ def test_preload_makes_each_model_ready_in_order_and_goes_on_after_a_failure(sys
     assert calls(systemctl)[0] == 'start -- broken.service' and calls(systemctl)[-1] == 'start -- one.service'
     assert cfg.backends['fixed'].state == 'failed' and cfg.backends['one'].state == 'ready'
     assert cfg.backends['one'].inflight == 0 and cfg.backends['one'].last_used > 0   # the idle clock started
+
+
+def test_without_any_ttl_no_watcher_runs(systemctl):
+    async def tasks(watcher):
+        watcher.start()
+        count = len(watcher.tasks)
+        watcher.stop()
+        return count
+    plain = {'one': {'kind': 'llamacpp', 'url': 'http://127.0.0.1:9', 'unit': 'one.service'}}
+    assert asyncio.run(tasks(watcher_for(systemctl, backends=plain, models={'m1': {'backend': 'one'}},
+                                         default_ttl=0)[2])) == 0
+    assert asyncio.run(tasks(watcher_for(systemctl, backends=plain, models={'m1': {'backend': 'one', 'ttl': 9}},
+                                         default_ttl=0)[2])) == 1
+    assert asyncio.run(tasks(watcher_for(systemctl)[2])) == 1                 # default_ttl 30

@@ -69,8 +69,10 @@ class Idle:
     # -- the watcher -------------------------------------------------------------------------------
 
     def start(self):
-        self.tasks = [asyncio.ensure_future(self.watch())]
-        if self.cfg.preload:
+        cfg = self.cfg
+        if cfg.default_ttl or any(b.ttl for b in cfg.backends.values()) or any(m.ttl for m in cfg.models.values()):
+            self.tasks.append(asyncio.ensure_future(self.watch()))    # no ttl anywhere: no watcher at all
+        if cfg.preload:
             self.tasks.append(asyncio.ensure_future(self.preload()))
 
     def stop(self):
