@@ -17,7 +17,7 @@ import re
 
 from ansible.errors import AnsibleFilterError
 
-_TIMEOUTS = ('connect_timeout', 'read_timeout')
+_TIMEOUTS = ('connect_timeout', 'read_timeout', 'ttl')   # seconds, copied when set
 
 
 def _env_name(name):
@@ -45,8 +45,8 @@ def router_backend_list(backends, kind_keys):
 
 
 def router_config(backend_list, backends, models, settings):
-    """router.yml: the settings, then backends (kind, url, unit, key_env, timeouts) and models
-    (backend, model id; the id defaults to the model's name). Names of key variables only."""
+    """router.yml: the settings, then backends (kind, url, unit, key_env, timeouts, ttl) and models
+    (backend, model id, ttl; the id defaults to the model's name). Names of key variables only."""
     out_backends = {}
     for b in backend_list:
         spec = {'kind': b['kind'], 'url': b['url']}
@@ -58,8 +58,11 @@ def router_config(backend_list, backends, models, settings):
             if backends[b['name']].get(t) is not None:
                 spec[t] = float(backends[b['name']][t])
         out_backends[b['name']] = spec
-    out_models = dict((str(name), {'backend': m['backend'], 'model': m.get('model') or str(name)})
-                      for name, m in models.items())
+    out_models = {}
+    for name, m in models.items():
+        out_models[str(name)] = {'backend': m['backend'], 'model': m.get('model') or str(name)}
+        if m.get('ttl') is not None:
+            out_models[str(name)]['ttl'] = float(m['ttl'])
     config = dict(settings)
     config.update({'backends': out_backends, 'models': out_models})
     return config

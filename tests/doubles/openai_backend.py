@@ -13,7 +13,8 @@ It stands in for the backends the router sits in front of:
   ``{"detail":"Please provide an API key"}`` (no key) or ``{"detail":"Invalid API key"}`` (wrong key);
   ``GET /v1/model`` -> 503 ``{"detail":"No models are currently loaded."}`` until a model is loaded;
   ``POST /v1/model/load`` (admin; streams progress; unknown name -> 400, API key only -> 401
-  ``{"detail":"Please provide an admin key"}``) and ``POST /v1/model/unload``.
+  ``{"detail":"Please provide an admin key"}``) and ``POST /v1/model/unload`` (admin; 200 ``null``, or
+  503 ``{"detail":"No models are currently loaded."}`` with none loaded, as TabbyAPI's source does).
 
 Answers are deterministic (same request -> same bytes), so a test can compare the bytes it gets
 through the router with the bytes it gets directly. ``GET /_stats`` (no key; not part of any real
@@ -43,7 +44,7 @@ from aiohttp import web
 
 STATS = {'requests': 0, 'disconnects': 0, 'completed': 0, 'loads': [], 'unloads': 0,
          'inflight': 0, 'max_inflight': 0, 'last_headers': {}, 'last_body_sha256': None,
-         'events': []}       # ordered [event, model]: start/end of completions, load
+         'events': []}       # ordered [event, model]: start/end of completions, load, unload
 
 
 def parse_args(argv):
@@ -151,9 +152,12 @@ class Double:
         denied = self.check_admin(request)
         if denied:
             return denied
+        if not self.loaded:             # as TabbyAPI's check_model_container answers
+            return web.json_response({'detail': 'No models are currently loaded.'}, status=503)
         STATS['unloads'] += 1
+        STATS['events'].append(['unload', self.loaded])
         self.loaded = None
-        return web.Response(status=200)
+        return web.json_response(None)  # FastAPI's answer for a handler that returns nothing
 
     async def complete(self, request):
         denied = self.check_api(request)

@@ -404,6 +404,44 @@ def test_model_ping_pong_past_the_start_limit_keeps_every_model_served(host):
     assert (active(host, UNIT_A), active(host, UNIT_B)) == ("inactive", "active")
 
 
+def test_preload_and_idle_unload(host):
+    """llm_router_preload: tiny-b runs after the converge, and after a restart of the router with both
+    units stopped, with no request. ttl: tiny-a (4 s) is stopped once idle; the next request starts it."""
+    rc, output = playbook("converge.yml", "-e", json.dumps({
+        "llamacpp_api_key": NEW_LLAMACPP_KEY, "llamacpp_service_state": "started",   # as the test before left it
+        "llm_router_client_api_keys_previous": [], "llm_router_preload": ["tiny-b"],
+        "llm_router_models": {"tiny-a": {"backend": "llamacpp-tiny-a", "model": "tiny-a", "ttl": 4},
+                              "tiny-b": {"backend": "llamacpp-tiny-b", "model": "tiny-b"}}}))
+    assert rc == 0, output
+    config = host.check_output("cat /etc/llm-router/router.yml")
+    assert "preload:\n- tiny-b" in config and "ttl: 4.0" in config, config
+    assert (active(host, UNIT_A), active(host, UNIT_B)) == ("inactive", "active")
+    host.check_output("systemctl stop %s %s && systemctl restart llm-router.service" % (UNIT_A, UNIT_B))
+    deadline = time.monotonic() + 90
+    while active(host, UNIT_B) != "active" or "preload: model tiny-b ready" not in host.check_output(
+            "journalctl --no-pager -u llm-router.service -n 30"):
+        assert time.monotonic() < deadline, host.check_output("journalctl --no-pager -u llm-router.service -n 30")
+        time.sleep(1)
+    assert active(host, UNIT_A) == "inactive"
+    a = ask(host, first=["POST", "/v1/chat/completions", bearer(CLIENT_KEY), chat("tiny-a")],
+            health=["GET", "/health", bearer(CLIENT_KEY)])
+    assert a["first"]["status"] == 200, a["first"]
+    backend = json.loads(a["health"]["body"])["backends"]["llamacpp-tiny-a"]
+    assert backend["ttl"] == 4.0 and 0 < backend["unload_in"] <= 4.0, backend
+    assert (active(host, UNIT_A), active(host, UNIT_B)) == ("active", "inactive")
+    deadline = time.monotonic() + 60
+    while active(host, UNIT_A) != "inactive":
+        assert time.monotonic() < deadline, "tiny-a was not stopped after its ttl"
+        time.sleep(1)
+    b = ask(host, metrics=["GET", "/metrics", bearer(CLIENT_KEY)],
+            again=["POST", "/v1/chat/completions", bearer(CLIENT_KEY), chat("tiny-a")])
+    assert 'llm_router_unloads_total{backend="llamacpp-tiny-a",model="tiny-a",reason="ttl"} 1' in b["metrics"]["body"]
+    assert b["again"]["status"] == 200, b["again"]
+    assert active(host, UNIT_A) == "active"
+    log = host.check_output("journalctl --no-pager -u llm-router.service")
+    assert "backend llamacpp-tiny-a idle for 4 s (ttl): unloading unit %s" % UNIT_A in log, log
+
+
 def test_no_key_in_the_journal(host):
     log = host.check_output("journalctl --no-pager -u llm-router.service -u 'llamacpp@*' -u polkit.service")
     assert "swap" in log

@@ -16,6 +16,7 @@ import time
 from .admin import ADMIN_RE, admin_action, admin_reload, reload_on_signal
 from .auth import key_accepted, presented_key
 from .endpoints import health, list_models, metrics_endpoint
+from .idle import Idle
 from .lifecycle import Switchboard
 from .metrics import Metrics
 from .proxy import ACCESS, PROXIED, proxy
@@ -32,6 +33,7 @@ class App:
         self.cfg, self.config_path = cfg, config_path
         self.metrics = Metrics()
         self.board = Switchboard(cfg, self.metrics)
+        self.idle = Idle(cfg, self.board, self.metrics)    # idle unload (ttl) and preload
         self.reload_lock = asyncio.Lock()
         self.connections = set()
         self.max_clients = None          # client connections at most (serve(): from the open-file limit)
@@ -152,6 +154,7 @@ async def serve(cfg, config_path, open_files=None):
         if os.path.exists(cfg.admin_socket) and stat.S_ISSOCK(os.stat(cfg.admin_socket).st_mode):
             os.unlink(cfg.admin_socket)  # left over by a router that did not stop cleanly
         servers.append(await loop.create_unix_server(lambda: Connection(app, True), cfg.admin_socket))
+    app.idle.start()                     # preload runs while the router already serves
     every = min(max(cfg.client_timeout / 5, 0.05), 15.0)   # a cut comes at most T/5 late
     while not stop.is_set():
         try:
@@ -159,6 +162,7 @@ async def serve(cfg, config_path, open_files=None):
         except asyncio.TimeoutError:
             app.sweep()
     app.stopping = True
+    app.idle.stop()
     for server in servers:
         server.close()
     busy = []

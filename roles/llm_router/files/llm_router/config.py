@@ -34,6 +34,7 @@ class Backend:
     key: str = field(default='', repr=False)
     connect_timeout: float = 10.0
     read_timeout: float = 600.0    # longest silence between two bytes of an answer
+    ttl: float | None = None       # seconds idle before an unload (idle.py); 0: never; None: default_ttl
     # Run-time state, owned by the Switchboard.
     state: str = 'unknown'         # unknown | starting | ready | stopped | failed
     drained: bool = False          # admin drain: new requests get 503 + Retry-After, no swap touches it
@@ -46,6 +47,7 @@ class Backend:
     inflight: int = 0
     idle: asyncio.Event | None = None
     upstream: 'Upstream | None' = None   # this backend's connection pool
+    last_used: float = 0.0         # monotonic time its last request ended (idle.py)
 
 
 @dataclass
@@ -53,6 +55,7 @@ class Model:
     name: str                      # what clients send
     backend: Backend
     backend_model: str             # the backend's own id (TabbyAPI: the model_dir entry to load)
+    ttl: float | None = None       # seconds idle before its backend is unloaded; None: the backend's ttl
 
 
 @dataclass
@@ -74,6 +77,8 @@ class Config:
     failure_backoff: float = 30.0      # seconds a backend that failed to start is refused (doubling, at most 8x)
     min_residency: float = 30.0        # seconds a backend a swap made ready serves before a swap may close it
     client_timeout: float = 75.0       # seconds a client may keep the router waiting (see server.py)
+    default_ttl: float = 0.0           # seconds idle before an unload when neither model nor backend says; 0: never
+    preload: list = field(default_factory=list)   # Models started and gated at start, in order (idle.py)
 
 
 def _get(mapping, key, where, kind, default=None, required=False):
@@ -95,6 +100,47 @@ def _get(mapping, key, where, kind, default=None, required=False):
     return value
 
 
+def _ttl(mapping, where):
+    """A ttl: seconds (0 = never unload), or None when not set."""
+    name = '%s.ttl' % where if where else 'default_ttl'
+    value = mapping.get('ttl' if where else 'default_ttl')
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError('%s: expected seconds (a number, 0 = never unload), got %s' % (name, type(value).__name__))
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError('%s: must be 0 (never unload) or more seconds, got %s' % (name, value))
+    return float(value)
+
+
+def _unloadable(b):
+    """The router can unload b when idle: TabbyAPI's model through its admin API, or b's own unit."""
+    return b.kind == 'tabbyapi' or b.unit is not None
+
+
+def _preload(data, models, policy):
+    """The preload list: model names, each once; under the exclusive policy at most one model whose
+    backend has a unit (only one of those runs at a time), and one model per TabbyAPI backend."""
+    names = _get(data, 'preload', '', list, [])
+    out, taken = [], {}
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or name not in models:
+            raise ConfigError('preload[%d]: unknown model %r (not in models)' % (i, name))
+        m = models[name]
+        if any(o.name == m.name for o in out):
+            raise ConfigError('preload[%d]: model %s is listed twice' % (i, name))
+        if m.backend.kind == 'tabbyapi' and m.backend.name in taken:
+            raise ConfigError('preload[%d]: models %s and %s are on the same TabbyAPI backend %s, which holds one '
+                              'model at a time' % (i, taken[m.backend.name], name, m.backend.name))
+        taken[m.backend.name] = name
+        out.append(m)
+    units = [m for m in out if m.backend.unit]
+    if policy == 'exclusive' and len({m.backend.name for m in units}) > 1:
+        raise ConfigError('preload: with swap_policy exclusive only one backend with a unit runs at a time; got %s'
+                          % ', '.join('%s (backend %s)' % (m.name, m.backend.name) for m in units))
+    return out
+
+
 def _show(key):
     """A YAML key as it goes into a one-line message (keys may be of any type, or hold newlines)."""
     return key if isinstance(key, str) and key.isprintable() and key.strip() else repr(key)
@@ -113,7 +159,7 @@ def parse_config(data, environ):
     _no_unknown(data, ('listen', 'backends', 'models', 'swap_policy', 'readiness_timeout',
                        'drain_timeout', 'shutdown_timeout', 'systemctl', 'log_level',
                        'admin_socket', 'key_file', 'retry_after', 'client_timeout', 'failure_backoff',
-                       'min_residency'), '')
+                       'min_residency', 'default_ttl', 'preload'), '')
     listen = _get(data, 'listen', '', dict, {})
     _no_unknown(listen, ('host', 'port'), 'listen')
     host = _get(listen, 'host', 'listen', str, '127.0.0.1')
@@ -129,7 +175,7 @@ def parse_config(data, environ):
         where = 'backends.%s' % _show(name)
         if not isinstance(spec, dict):
             raise ConfigError('%s: expected a mapping' % where)
-        _no_unknown(spec, ('kind', 'url', 'unit', 'key_env', 'connect_timeout', 'read_timeout'), where)
+        _no_unknown(spec, ('kind', 'url', 'unit', 'key_env', 'connect_timeout', 'read_timeout', 'ttl'), where)
         kind = _get(spec, 'kind', where, str, required=True)
         if kind not in KINDS:
             raise ConfigError('%s.kind: must be one of %s, got %r' % (where, ', '.join(KINDS), kind))
@@ -150,7 +196,10 @@ def parse_config(data, environ):
         backends[name] = Backend(
             name=name, kind=kind, url=url, unit=unit, key_env=key_env, key=key,
             connect_timeout=_get(spec, 'connect_timeout', where, float, 10.0),
-            read_timeout=_get(spec, 'read_timeout', where, float, 600.0))
+            read_timeout=_get(spec, 'read_timeout', where, float, 600.0), ttl=_ttl(spec, where))
+        if backends[name].ttl and not _unloadable(backends[name]):
+            raise ConfigError('%s.ttl: the backend has no unit, and the router stops only the units it '
+                              'manages (set unit, or remove ttl)' % where)
 
     models = {}
     raw_models = _get(data, 'models', '', dict, required=True)
@@ -160,11 +209,15 @@ def parse_config(data, environ):
         where = 'models.%s' % _show(name)
         if not isinstance(spec, dict):
             raise ConfigError('%s: expected a mapping' % where)
-        _no_unknown(spec, ('backend', 'model'), where)
+        _no_unknown(spec, ('backend', 'model', 'ttl'), where)
         bname = _get(spec, 'backend', where, str, required=True)
         if bname not in backends:
             raise ConfigError('%s.backend: unknown backend %r' % (where, bname))
-        models[str(name)] = Model(str(name), backends[bname], _get(spec, 'model', where, str, str(name)))
+        models[str(name)] = Model(str(name), backends[bname], _get(spec, 'model', where, str, str(name)),
+                                  ttl=_ttl(spec, where))
+        if models[str(name)].ttl and not _unloadable(backends[bname]):
+            raise ConfigError('%s.ttl: backend %s has no unit, and the router stops only the units it manages '
+                              '(set its unit, or remove ttl)' % (where, bname))
 
     policy = _get(data, 'swap_policy', '', str, 'exclusive')
     if policy not in POLICIES:
@@ -206,7 +259,8 @@ def parse_config(data, environ):
         shutdown_timeout=_get(data, 'shutdown_timeout', '', float, 30.0),
         systemctl=systemctl, log_level=level, admin_socket=paths['admin_socket'],
         key_file=paths['key_file'], retry_after=retry_after, failure_backoff=failure_backoff,
-        min_residency=float(min_residency), client_timeout=_get(data, 'client_timeout', '', float, 75.0))
+        min_residency=float(min_residency), client_timeout=_get(data, 'client_timeout', '', float, 75.0),
+        default_ttl=_ttl(data, '') or 0.0, preload=_preload(data, models, policy))
 
 
 def read_key_file(path):

@@ -26,13 +26,18 @@ async def health(app, req):
     return json_reply({
         'status': 'ok',
         'swap_policy': cfg.swap_policy,
-        'swapping_to': board.swap.model.name if board.swap else None,
+        'swapping_to': board.swap.model.name if board.swap and board.swap.model.backend.state != 'unloading' else None,
         'active_backends': [b.name for b in active],
         'backends': {b.name: {'kind': b.kind, 'unit': b.unit, 'state': b.state, 'loaded': b.loaded,
                               'in_flight': b.inflight, 'drained': b.drained,
-                              'resume_pending': b.resume_pending, 'last_error': b.last_error or None}
+                              'resume_pending': b.resume_pending, 'last_error': b.last_error or None,
+                              'ttl': app.idle.ttl(b), 'unload_in': _seconds(app.idle.unload_in(b))}
                      for b in cfg.backends.values()},
     })
+
+
+def _seconds(left):
+    return None if left is None else round(left, 1)
 
 
 async def metrics_endpoint(app, req):

@@ -105,6 +105,7 @@ class Switchboard(Scheduling):
 
     def release(self, backend):
         backend.inflight -= 1
+        backend.last_used = time.monotonic()     # the idle clock (idle.py) starts again
         if backend.inflight == 0:
             backend.idle.set()
 
@@ -130,6 +131,17 @@ class Switchboard(Scheduling):
         swap.task = asyncio.ensure_future(self._run_swap(swap, stop))
         swap.task.add_done_callback(self._swap_done)
         return swap
+
+    def hold(self, model, coro):
+        """Run coro (idle.py's unload of model's backend; it raises no SwapError) as the swap in
+        progress: a request for that backend waits for it, then starts the backend again."""
+        task = asyncio.ensure_future(coro)
+        task.add_done_callback(self._swap_done)
+        self.swap = Swap(model, task, frozenset((model.backend.name,)))
+
+    async def stop_unit(self, b):
+        await self._systemctl('stop', b)
+        b.state, b.loaded = 'stopped', None
 
     def _swap_done(self, task):
         if self.swap is not None and self.swap.task is task:   # not a newer swap begun meanwhile

@@ -21,6 +21,7 @@ class Metrics:
         self.backend_auth_failures = {}
         self.client_auth_failures = 0
         self.clients_refused = 0      # connections refused over the client cap
+        self.unloads = {}             # (backend, model, reason) -> count (idle.py; reason: ttl)
 
     def observe(self, model, status, seconds):
         key = (model, status)
@@ -37,6 +38,10 @@ class Metrics:
         s = self.swap_seconds.setdefault(backend, [0.0, 0])
         s[0] += seconds
         s[1] += 1
+
+    def unload(self, backend, model, reason):
+        key = (backend, model, reason)
+        self.unloads[key] = self.unloads.get(key, 0) + 1
 
     def render(self):
         out = ['# TYPE llm_router_requests_total counter']
@@ -65,4 +70,7 @@ class Metrics:
         out.append('llm_router_client_auth_failures_total %d' % self.client_auth_failures)
         out.append('# TYPE llm_router_client_connections_refused_total counter')
         out.append('llm_router_client_connections_refused_total %d' % self.clients_refused)
+        out.append('# TYPE llm_router_unloads_total counter')
+        for (b, m, r), n in sorted(self.unloads.items()):
+            out.append('llm_router_unloads_total{backend="%s",model="%s",reason="%s"} %d' % (_label(b), _label(m), _label(r), n))
         return '\n'.join(out) + '\n'

@@ -66,3 +66,15 @@ def test_key_env():
     with pytest.raises(AnsibleFilterError) as err:
         router_key_env(blist, BACKENDS, ['c1'], {'tabbyapi_admin_key': 'secret-ta'})
     assert 'llamacpp_api_key' in str(err.value) and 'secret-ta' not in str(err.value)
+
+
+def test_config_carries_ttls_of_backends_and_models():
+    backends = dict(BACKENDS, tabbyapi=dict(BACKENDS['tabbyapi'], ttl=0), **{'llamacpp-a': dict(BACKENDS['llamacpp-a'], ttl='90')})
+    settings = {'default_ttl': 600.0, 'preload': ['m1']}
+    config = router_config(router_backend_list(backends, KIND_KEYS), backends,
+                           {'m1': {'backend': 'llamacpp-a', 'ttl': 30}, 'm2': {'backend': 'tabbyapi'}}, settings)
+    assert config['backends']['tabbyapi']['ttl'] == 0.0 and config['backends']['llamacpp-a']['ttl'] == 90.0
+    assert 'ttl' not in config['backends']['plain']
+    assert config['models'] == {'m1': {'backend': 'llamacpp-a', 'model': 'm1', 'ttl': 30.0},
+                                'm2': {'backend': 'tabbyapi', 'model': 'm2'}}
+    assert (config['default_ttl'], config['preload']) == (600.0, ['m1'])
