@@ -2,8 +2,9 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Idle unload (ttl) and preload (llm_router/idle.py) on loopback: a REAL llama-server (built once by
 tests/tools/build-llama-server.sh, the tiny GGUF model of tests/tools/make-tiny-gguf.py) as a unit
-the router starts and stops through loopback_units.py (its systemctl here), and the TabbyAPI double
-(tests/doubles/openai_backend.py --kind tabbyapi), whose model is unloaded through its admin API.
+the router starts and stops through tests/support/systemctl_standin.py (its systemctl here), and
+the TabbyAPI double (tests/doubles/openai_backend.py --kind tabbyapi), whose model is unloaded
+through its admin API.
 Under real systemd: the Molecule scenario llm_router."""
 
 import json
@@ -19,7 +20,7 @@ import pytest
 from router_helpers import AUTH, ROOT, TABBY_ADMIN_KEY, chat, free_port
 
 LLAMA_KEY = 'llama-idle-key-8c1d2e'
-UNITS = Path(__file__).with_name('loopback_units.py')
+UNITS = ROOT / 'tests/support/systemctl_standin.py'
 
 
 @pytest.fixture(scope='module')
@@ -34,7 +35,8 @@ def llama(tmp_path_factory):
 
 @pytest.fixture
 def units(tmp_path):
-    """Units for loopback_units.py: add(name, argv, stop_delay) -> unit; calls() -> what the router asked."""
+    """Units of the systemctl stand-in: add(name, argv, stop_delay) -> unit; calls() -> the starts and
+    stops the router asked for, in order ("start UNIT")."""
     state = tmp_path / 'units'
     state.mkdir()
     table = {}
@@ -51,7 +53,8 @@ def units(tmp_path):
         @staticmethod
         def calls():
             log = state / 'calls.log'
-            return log.read_text().splitlines() if log.exists() else []
+            lines = log.read_text().splitlines() if log.exists() else []
+            return [' '.join(line.split()[1:]) for line in lines if line.split()[1] in ('start', 'stop')]
 
         @staticmethod
         def active(unit):
