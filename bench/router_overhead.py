@@ -4,7 +4,8 @@
 
 Starts the test double (tests/doubles/openai_backend.py) as the backend and the router in front of
 it (the double's answers carry an OpenAI usage object: the non-stream ones always, the streams in a
-last chunk because the bench asks for it with stream_options.include_usage), then runs interleaved rounds: in each round every case (non-stream / stream, concurrency 1 / 16)
+last chunk because the bench asks for it with stream_options.include_usage), then runs
+interleaved rounds: in each round every case (non-stream / stream, concurrency 1 / 16)
 is measured direct to the backend and through the router, in alternating order. "Added" is the
 router's percentile minus the direct percentile over all rounds. Proxy CPU per request comes from
 /proc/<router pid>/stat (utime + stime) over the router's rounds only.
