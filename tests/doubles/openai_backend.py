@@ -25,7 +25,9 @@ Streams (``"stream": true``) are aiohttp ``StreamResponse``s: ``prepare()`` send
 and headers at once (aiohttp 3.14: ``_send_headers_immediately``), before the first chunk, as
 inference servers do. ``--first-chunk-delay S`` waits S seconds between those headers and the
 first chunk (a backend that takes long to produce its first token); ``--chunk-delay S`` waits
-between the chunks after it.
+between the chunks after it. With ``"stream_options": {"include_usage": true}`` a chat stream ends,
+as OpenAI's and llama-server's do, with a chunk of empty ``choices`` and the ``usage`` object (the
+same counts as the non-stream answer) before ``data: [DONE]``.
 
 Test-only behaviour, which no real backend has: ``--no-content-model M`` makes a completion
 request for model M (chat, completions, embeddings; key checked first, as for any request) answer
@@ -236,6 +238,11 @@ class Double:
             await resp.write(b'data: ' + json.dumps(self.answer(request.path, body, 'chunk', i)).encode() + b'\n\n')
             if self.a.die_after_chunks is not None and i + 1 >= self.a.die_after_chunks:
                 os._exit(3)
+        options = body.get('stream_options')
+        if isinstance(options, dict) and options.get('include_usage') and request.path == '/v1/chat/completions':
+            usage = self.answer(request.path, body, 'whole')['usage']
+            last = dict(self.answer(request.path, body, 'chunk', 0), choices=[], usage=usage)
+            await resp.write(b'data: ' + json.dumps(last).encode() + b'\n\n')
         await resp.write(b'data: [DONE]\n\n')
         await resp.write_eof()
         return resp

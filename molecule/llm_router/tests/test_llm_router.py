@@ -250,10 +250,10 @@ def test_real_completions_and_an_exclusive_swap(host):
     assert health["backends"]["llamacpp-tiny-a"]["state"] == "stopped", health
     assert health["backends"]["llamacpp-tiny-b"]["state"] == "ready", health
     metrics = b["metrics"]["body"]
-    assert 'llm_router_swaps_total{backend="llamacpp-tiny-a",result="ok"} 1' in metrics, metrics
-    assert 'llm_router_swaps_total{backend="llamacpp-tiny-b",result="ok"} 1' in metrics, metrics
+    assert 'llm_router_swaps_total{backend="llamacpp-tiny-a",model="tiny-a",result="ok"} 1' in metrics, metrics
+    assert 'llm_router_swaps_total{backend="llamacpp-tiny-b",model="tiny-b",result="ok"} 1' in metrics, metrics
     assert 'llm_router_swap_duration_seconds_count{backend="llamacpp-tiny-b"} 1' in metrics
-    assert re.search(r'llm_router_requests_total\{model="tiny-b",status="200"\} 1$', metrics, re.M), metrics
+    assert re.search(r'llm_router_requests_total\{model="tiny-b",key="[^"]*",status="200"\} 1$', metrics, re.M), metrics
     assert re.search(r"^llm_router_client_auth_failures_total [1-9]", metrics, re.M), metrics
 
     # ... and back: tiny-a again swaps the units round

@@ -197,12 +197,12 @@ def test_metrics_counters_move(stack):
     httpx.post(r.url + '/v1/chat/completions', content=chat('nope'), headers=AUTH)
     httpx.post(r.url + '/v1/chat/completions', content=chat('s1'), headers={'x-api-key': 'bad'})
     m1 = httpx.get(r.url + '/metrics', headers=AUTH).text
-    ok = 'llm_router_requests_total{model="s1",status="200"}'
+    ok = 'llm_router_requests_total{model="s1",key="-",status="200"}'
     assert metric(m1, ok) == metric(m0, ok) + 3
-    assert metric(m1, 'llm_router_requests_total{model="(unknown)",status="404"}') == 1   # no label per name
+    assert metric(m1, 'llm_router_requests_total{model="(unknown)",key="-",status="404"}') == 1   # no label per name
     assert metric(m1, 'llm_router_client_auth_failures_total') == metric(m0, 'llm_router_client_auth_failures_total') + 1
     assert metric(m1, 'llm_router_request_duration_seconds_count{model="s1"}') == metric(m0, 'llm_router_request_duration_seconds_count{model="s1"}') + 3
-    assert metric(m1, 'llm_router_swaps_total{backend="sg",result="ok"}') == 1
+    assert metric(m1, 'llm_router_swaps_total{backend="sg",model="s1",result="ok"}') == 1
     assert 'llm_router_swap_duration_seconds_count{backend="sg"} 1' in m1
 
 

@@ -25,8 +25,14 @@ def app():
     return app_module.App(config.parse_config(json.loads(json.dumps(CONFIG)), ENV))
 
 
-def post(app, body, key='ck'):
-    req = server.Request(conn=None)
+class KeyedRequest(server.Request):
+    """A request with the name of the client key accepted for it (key_name, set by the key check)."""
+
+
+def post(app, body, key='ck', key_name=None):
+    req = server.Request(conn=None) if key_name is None else KeyedRequest(conn=None)
+    if key_name is not None:
+        req.key_name = key_name
     req.method, req.path, req.target = 'POST', '/v1/chat/completions', '/v1/chat/completions'
     req.headers = {'authorization': 'Bearer ' + key} if key else {}
     req.body = body
@@ -52,7 +58,19 @@ def test_an_unknown_model_is_404_under_one_metrics_label(app):
     status, error, dummy = post(app, b'{"model": "' + b'x' * 500 + b'"}')
     assert (status, error['code']) == (404, 'model_not_found')
     assert len(error['message']) < 150                                # the name is cut at 100 characters
-    assert list(app.metrics.requests) == [('(unknown)', 404)]
+    assert list(app.metrics.requests) == [('(unknown)', '', 404)]
+
+
+def test_requests_are_counted_by_the_name_of_their_key_never_its_value(app):
+    post(app, b'{"model": "nope"}', key_name='team-a')
+    app.cfg.backends['b'].drained = True
+    post(app, b'{"model": "m"}', key_name='team-a')
+    post(app, b'{"model": "m"}')
+    assert list(app.metrics.requests) == [('(unknown)', 'team-a', 404), ('m', 'team-a', 503), ('m', '', 503)]
+    text = app.metrics.render()
+    assert 'llm_router_requests_total{model="m",key="team-a",status="503"} 1' in text
+    assert 'llm_router_requests_total{model="m",key="-",status="503"} 1' in text
+    assert '"ck"' not in text                        # the key's value (ENV) is no label value
 
 
 def test_a_drained_backend_is_503_with_retry_after_and_an_access_line(app, capsys):
@@ -64,7 +82,7 @@ def test_a_drained_backend_is_503_with_retry_after_and_an_access_line(app, capsy
         proxy.ACCESS.enabled = False
         proxy.ACCESS.flush()
     assert (status, error['code'], headers) == (503, 'backend_draining', (('Retry-After', '9'),))
-    assert list(app.metrics.requests) == [('m', 503)]
+    assert list(app.metrics.requests) == [('m', '', 503)]
     assert app.cfg.backends['b'].inflight == 0
     line = LINE.match(capsys.readouterr().err)
     assert line and re.fullmatch(r'POST /v1/chat/completions model=m status=503 \d+\.\dms', line.group(1))

@@ -170,7 +170,7 @@ class Switchboard(Scheduling):
         except SwapError as e:
             if e.code in ('backend_draining', 'router_overloaded'):   # not the backend's fault: its state stays
                 self.metrics.swap(target.name, 'drained' if e.code == 'backend_draining' else 'overloaded',
-                                  time.monotonic() - started)
+                                  time.monotonic() - started, model.name)
                 log.info('swap to model %s not done: %s', model.name, e.message)
                 raise
             target.state, target.last_error = 'failed', e.message
@@ -179,12 +179,12 @@ class Switchboard(Scheduling):
                 backoff = self.cfg.failure_backoff * 2 ** min(target.failures - 1, 3)
                 target.retry_at = time.monotonic() + backoff
                 e.message += '; not started again for %d s' % math.ceil(backoff)   # last_error: the reason alone
-            self.metrics.swap(target.name, 'error', time.monotonic() - started)
+            self.metrics.swap(target.name, 'error', time.monotonic() - started, model.name)
             log.error('swap to model %s failed: %s', model.name, e.message)
             raise
         target.state, target.last_error, target.failures, target.retry_at = 'ready', '', 0, 0.0
         target.ready_since = time.monotonic()
-        self.metrics.swap(target.name, 'ok', time.monotonic() - started)
+        self.metrics.swap(target.name, 'ok', time.monotonic() - started, model.name)
         log.info('model %s ready on backend %s after %.2f s', model.name, target.name,
                  time.monotonic() - started)
 

@@ -2,7 +2,9 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Proxy: the handler of the OpenAI endpoints that carry a model (PROXIED). It checks the client's
 key, finds the model's backend, has the Switchboard make it ready, and relays the request and the
-answer as it arrives. Also the access log: one INFO line per proxied request, written in batches."""
+answer as it arrives, counting for the metrics its time to first byte and the tokens of its usage
+object (read from bounded bytes: a whole answer's head and tail, a stream's last pieces; never
+chunk by chunk). Also the access log: one INFO line per proxied request, written in batches."""
 
 import asyncio
 import json
@@ -13,6 +15,7 @@ import time
 from . import _backend_probe as probe
 from .auth import key_accepted, presented_key
 from .lifecycle import SwapError
+from .metrics import usage_tokens
 from .server import Reply, openai_error
 from .upstream import RouterOverloaded, UpstreamError
 
@@ -28,6 +31,7 @@ async def proxy(app, req):
         metrics.client_auth_failures += 1
         return openai_error(401, 'Invalid or missing API key (send Authorization: Bearer <key> or x-api-key)',
                             'invalid_request_error', code='invalid_api_key')
+    key = getattr(req, 'key_name', '')   # the accepted key's name (for the metrics), '' without named keys
     body = req.body
     try:
         name = json.loads(body).get('model')
@@ -38,7 +42,7 @@ async def proxy(app, req):
                             'invalid_request_error', param='model')
     model = cfg.models.get(name)
     if model is None:
-        metrics.observe('(unknown)', 404, time.monotonic() - started)   # bounded label set
+        metrics.observe('(unknown)', 404, time.monotonic() - started, key)   # bounded label set
         return openai_error(404, 'The model %r does not exist' % name[:100], 'invalid_request_error',
                             code='model_not_found', param='model')
     status = 500
@@ -49,7 +53,7 @@ async def proxy(app, req):
             status = e.status
             return e.reply()
         try:
-            status, reply = await relay(app, req, model, body)
+            status, reply = await relay(app, req, model, body, (started, key))
             return reply
         except UpstreamError:
             status = 502                 # the backend failed after the answer had started: cut
@@ -64,14 +68,15 @@ async def proxy(app, req):
         raise
     finally:
         elapsed = time.monotonic() - started
-        metrics.observe(name, status, elapsed)
+        metrics.observe(name, status, elapsed, key)
         if ACCESS.enabled:
             ACCESS.add('%s %s model=%s status=%s %.1fms' % (req.method, req.path, name, status, elapsed * 1000))
 
 
-async def relay(app, req, model, body):
+async def relay(app, req, model, body, started_key):
     """Send body to the backend and relay its answer as it arrives. Returns (status, Reply or None);
-    None: the answer was streamed to the client already."""
+    None: the answer was streamed to the client already. started_key: (when the request arrived,
+    its key's name) for the metrics of the answer (time to first byte, tokens)."""
     b = model.backend
     headers = probe.auth_headers(probe.PROFILES[b.kind][2], b.key)
     headers['Content-Type'] = req.headers.get('content-type', 'application/json')
@@ -82,16 +87,31 @@ async def relay(app, req, model, body):
     try:
         answer = await b.upstream.request('POST', req.target, headers, body, timeout=b.read_timeout)
         ctype = answer.headers.get('content-type')          # None: the backend sent none, nor do we
+        ok = 200 <= answer.status < 300
         if answer.length is not None and not (ctype or '').startswith('text/event-stream'):
-            return answer.status, Reply(answer.status, await answer.read(), ctype)
+            data = await answer.read()
+            app.metrics.first_byte(model.name, time.monotonic() - started_key[0])   # sent once returned
+            if ok:
+                app.metrics.usage(model.name, started_key[1], usage_tokens(data))
+            return answer.status, Reply(answer.status, data, ctype)
         stream = req.conn.stream(req, answer.status, ctype)
+        tail = [b'', b'', b'']           # the last three pieces: the usage chunk and [DONE] are in there
+        first = True
         async for chunk in answer.chunks():
+            if first:
+                first = False
+                app.metrics.first_byte(model.name, time.monotonic() - started_key[0])
+            tail[0], tail[1], tail[2] = tail[1], tail[2], chunk
             if answer.last:
                 stream.end(chunk)
             else:
                 await stream.write(chunk)
         if not req.conn.answered:
+            if first:                    # an empty body: its end is its first byte
+                app.metrics.first_byte(model.name, time.monotonic() - started_key[0])
             stream.end()
+        if ok:
+            app.metrics.usage(model.name, started_key[1], usage_tokens(tail=tail))
         return answer.status, None
     except RouterOverloaded as e:        # the router's own trouble: the backend is not blamed
         log.error('request for backend %s not sent: %s', b.name, e)

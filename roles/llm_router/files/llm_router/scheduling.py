@@ -47,7 +47,7 @@ class Scheduling:
             log.info('swap to model %s waits up to %.1f s: %s keep(s) serving for min_residency %g s, '
                      'unless idle for %g s', swap.model.name, deadline - time.monotonic(),
                      ', '.join(sorted(swap.closing)), self.cfg.min_residency, IDLE_GRACE)
-        while True:
+        while backends:
             now = time.monotonic()
             quiet = -1.0 if any(b.inflight for b in backends) else min(now - b.last_used for b in backends)
             if now >= deadline or quiet >= IDLE_GRACE:
