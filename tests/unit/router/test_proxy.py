@@ -67,7 +67,7 @@ def test_a_drained_backend_is_503_with_retry_after_and_an_access_line(app, capsy
     assert list(app.metrics.requests) == [('m', 503)]
     assert app.cfg.backends['b'].inflight == 0
     line = LINE.match(capsys.readouterr().err)
-    assert line and re.fullmatch(r'POST /v1/chat/completions model=m status=503 \d+\.\dms', line.group(1))
+    assert line and re.fullmatch(r'POST /v1/chat/completions key=client-1 model=m status=503 \d+\.\dms', line.group(1))
 
 
 def test_access_lines_go_out_in_batches_and_before_later_log_records(monkeypatch):
