@@ -15,7 +15,8 @@ import pytest
 from ansible.errors import AnsibleFilterError
 from ansible_collections.gpufleet.llm.plugins.filter import keys as f
 
-ALICE, BOB = 'a' * 40, 'b' * 40
+ALICE = 'a' * 40
+BOB = 'b' * 40
 
 
 def named():
