@@ -142,8 +142,8 @@ def router_clients(clients, entries, models):
             raise AnsibleFilterError('%s must be a mapping (%s)' % (where, ', '.join(CLIENT_FIELDS)))
         unknown = sorted(set(spec) - set(CLIENT_FIELDS))
         if unknown:
-            raise AnsibleFilterError('%s: unknown field(s) %s (known: %s)' % (where, ', '.join(unknown),
-                                                                             ', '.join(CLIENT_FIELDS)))
+            raise AnsibleFilterError('%s: unknown field(s) %s (known: %s)'
+                                     % (where, ', '.join(unknown), ', '.join(CLIENT_FIELDS)))
         scope = {}
         if spec.get('models') is not None:
             if not isinstance(spec['models'], (list, tuple)) or isinstance(spec['models'], string_types):
