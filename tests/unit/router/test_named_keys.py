@@ -9,9 +9,10 @@ import copy
 import json
 
 import pytest
+import yaml
 from hypothesis import given, strategies as st
 
-from llm_router import app as app_module, auth, config, endpoints, proxy, server
+from llm_router import admin, app as app_module, auth, config, endpoints, proxy, server
 
 CONFIG = {
     'backends': {'sg': {'kind': 'openai', 'url': 'http://127.0.0.1:9'}},
@@ -147,3 +148,19 @@ def test_caps_count_by_name():
     for dummy in range(50):
         caps.give(free)
     assert caps.inflight == {'alice': 2}
+
+
+def test_a_reload_applies_new_keys_and_scopes_and_keeps_the_counts(tmp_path):
+    keys, path = tmp_path / 'env', tmp_path / 'router.yml'
+    keys.write_text('LLM_ROUTER_CLIENT_KEYS="alice:alice-old"\n')
+    path.write_text(yaml.safe_dump(dict(CONFIG, key_file=str(keys), clients={'alice': {'models': ['m1']}})))
+    app = app_module.App(config.load_config(str(path), environ={}), str(path))
+    app.caps.inflight['alice'] = 1                     # a request of alice in flight across the reload
+    keys.write_text('LLM_ROUTER_CLIENT_KEYS="alice:alice-new,alice:alice-old"\n')
+    path.write_text(yaml.safe_dump(dict(CONFIG, key_file=str(keys), clients={'alice': {'max_concurrent': 1}})))
+    result = asyncio.run(admin.reload_keys(app))
+    assert result['reloaded'] and result['client_keys'] == 2
+    listed = json.loads(call(endpoints.list_models, app, request(key='alice-new')).body)
+    assert [m['id'] for m in listed['data']] == ['m1', 'm2']          # the new scope: every model
+    reply = call(proxy.proxy, app, request('/v1/chat/completions', 'alice-old', b'{"model": "m2"}'))
+    assert reply.status == 429                                        # the new cap, the count kept
