@@ -165,7 +165,7 @@ def test_files_owners_modes_and_no_key_outside_the_env_file(host):
     # the router.py and _backend_probe.py of versions before the package are gone
     assert host.run("test -e /opt/llm-router/router.py || test -e /opt/llm-router/_backend_probe.py").rc != 0
     env = host.check_output("cat /etc/llm-router/env")
-    assert 'LLM_ROUTER_CLIENT_API_KEYS="%s,%s"' % (CLIENT_KEY, OLD_CLIENT_KEY) in env
+    assert 'LLM_ROUTER_CLIENT_KEYS="client-1:%s,client-1:%s"' % (CLIENT_KEY, OLD_CLIENT_KEY) in env
     assert 'LLAMACPP_API_KEY="%s"' % LLAMACPP_KEY in env
     config = host.check_output("cat /etc/llm-router/router.yml")
     assert config.count("key_env: LLAMACPP_API_KEY") == 2 and "swap_policy: exclusive" in config

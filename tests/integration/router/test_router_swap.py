@@ -162,7 +162,7 @@ def test_client_disconnect_mid_stream_cancels_upstream(procs):
     assert stats['disconnects'] == 1 and stats['inflight'] == 0
     assert stats['completed'] == 1                              # only the warm-up request completed
     m = httpx.get(r.url + '/metrics', headers=AUTH).text
-    assert 'llm_router_requests_total{model="s1",key="-",status="499"} 1' in m
+    assert 'llm_router_requests_total{model="s1",key="client-1",status="499"} 1' in m
     assert httpx.get(r.url + '/health', headers=AUTH).json()['backends']['sg']['in_flight'] == 0
 
 

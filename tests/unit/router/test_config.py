@@ -33,7 +33,7 @@ def test_good_config_parses_with_defaults():
     assert (cfg.host, cfg.port, cfg.swap_policy, cfg.readiness_timeout) == ('0.0.0.0', 4000, 'exclusive', 300.0)
     assert cfg.systemctl == ['/usr/bin/systemctl']
     assert cfg.client_timeout == 75.0 and cfg.failure_backoff == 30.0
-    assert cfg.client_keys == ['k-new', 'k-old']
+    assert [(k.name, k.key) for k in cfg.client_keys] == [('client-1', 'k-new'), ('client-2', 'k-old')]
     assert cfg.backends['qwen'].url == 'http://127.0.0.1:8080'          # trailing slash dropped
     assert cfg.backends['qwen'].key == '' and cfg.backends['qwen'].unit == 'llamacpp@qwen.service'
     assert cfg.backends['tabby'].key == 'secret-admin-value'

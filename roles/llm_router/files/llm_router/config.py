@@ -13,11 +13,14 @@ import yaml
 
 from . import _backend_probe as probe
 
-CLIENT_KEYS_ENV = 'LLM_ROUTER_CLIENT_API_KEYS'
+CLIENT_KEYS_ENV = 'LLM_ROUTER_CLIENT_API_KEYS'   # flat: key,key,... (named client-1, client-2, ... by position)
+NAMED_KEYS_ENV = 'LLM_ROUTER_CLIENT_KEYS'        # named: name:key,name:key,... (a name may have several keys)
 KINDS = tuple(sorted(probe.PROFILES))           # tabbyapi, llamacpp, sglang, vllm, openai
 POLICIES = ('exclusive', 'shared')
 _UNIT_RE = re.compile(r'^[A-Za-z0-9:_.\\@-]+\.service$')
 _ENV_RE = re.compile(r'^[A-Za-z_][A-Za-z0-9_]*$')
+_NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}\Z')
+_NAME_RULE = '1-64 letters, digits, _ . @ -, starting with a letter or digit'
 
 
 class ConfigError(Exception):
@@ -59,12 +62,32 @@ class Model:
 
 
 @dataclass
+class Client:
+    """What the keys of one name may do (config ``clients``; a name not listed there may do everything)."""
+    name: str
+    models: frozenset | None = None    # the models it may use and list; None: every model
+    metrics: bool = True               # may read /metrics
+    health: bool = True                # gets the detailed /health
+    max_concurrent: int = 0            # proxied requests in flight at most, over all its keys; 0: no cap
+
+    def may_use(self, model):
+        return self.models is None or model in self.models
+
+
+@dataclass
+class ClientKey:
+    name: str
+    key: str = field(repr=False)
+    client: Client = None
+
+
+@dataclass
 class Config:
     host: str
     port: int
     backends: dict
     models: dict
-    client_keys: list = field(repr=False)
+    client_keys: list = field(repr=False)   # ClientKey entries (current and grace-window keys)
     swap_policy: str = 'exclusive'
     readiness_timeout: float = 300.0
     drain_timeout: float = 300.0
@@ -159,7 +182,7 @@ def parse_config(data, environ):
     _no_unknown(data, ('listen', 'backends', 'models', 'swap_policy', 'readiness_timeout',
                        'drain_timeout', 'shutdown_timeout', 'systemctl', 'log_level',
                        'admin_socket', 'key_file', 'retry_after', 'client_timeout', 'failure_backoff',
-                       'min_residency', 'default_ttl', 'preload'), '')
+                       'min_residency', 'default_ttl', 'preload', 'clients'), '')
     listen = _get(data, 'listen', '', dict, {})
     _no_unknown(listen, ('host', 'port'), 'listen')
     host = _get(listen, 'host', 'listen', str, '127.0.0.1')
@@ -229,9 +252,7 @@ def parse_config(data, environ):
     if level not in ('DEBUG', 'INFO', 'WARNING', 'ERROR'):
         raise ConfigError('log_level: must be DEBUG, INFO, WARNING or ERROR, got %r' % level)
 
-    keys = [k.strip() for k in environ.get(CLIENT_KEYS_ENV, '').split(',') if k.strip()]
-    if not keys:
-        raise ConfigError('%s: environment variable is not set or holds no key' % CLIENT_KEYS_ENV)
+    keys = parse_client_keys(data, environ, models)
     paths = {}
     for name in ('admin_socket', 'key_file'):
         paths[name] = _get(data, name, '', str)
@@ -261,6 +282,43 @@ def parse_config(data, environ):
         key_file=paths['key_file'], retry_after=retry_after, failure_backoff=failure_backoff,
         min_residency=float(min_residency), client_timeout=_get(data, 'client_timeout', '', float, 75.0),
         default_ttl=_ttl(data, '') or 0.0, preload=_preload(data, models, policy))
+
+
+def parse_client_keys(data, environ, models):
+    """The client keys (flat and named, from the environment) with what each name may do (``clients``);
+    errors name the variable, the entry's position or the field, never a key."""
+    flat = [k.strip() for k in environ.get(CLIENT_KEYS_ENV, '').split(',') if k.strip()]
+    pairs = [('client-%d' % i, k) for i, k in enumerate(flat, 1)]
+    named = [e.strip() for e in environ.get(NAMED_KEYS_ENV, '').split(',') if e.strip()]
+    for number, entry in enumerate(named, 1):
+        name, sep, key = entry.partition(':')
+        if not sep or not key.strip() or not _NAME_RE.match(name.strip()):
+            raise ConfigError('%s: entry %d is not name:key (a name is %s)' % (NAMED_KEYS_ENV, number, _NAME_RULE))
+        pairs.append((name.strip(), key.strip()))
+    if not pairs:
+        raise ConfigError('%s: environment variable is not set or holds no key' % CLIENT_KEYS_ENV
+                          + (' (nor %s)' % NAMED_KEYS_ENV if NAMED_KEYS_ENV in environ else ''))
+    clients = {}
+    for name, spec in _get(data, 'clients', '', dict, {}).items():
+        where = 'clients.%s' % _show(name)
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise ConfigError('%s: not a key name (%s)' % (where, _NAME_RULE))
+        spec = {} if spec is None else spec
+        if not isinstance(spec, dict):
+            raise ConfigError('%s: expected a mapping' % where)
+        _no_unknown(spec, ('models', 'metrics', 'health', 'max_concurrent'), where)
+        allowed = _get(spec, 'models', where, list)
+        for m in allowed or ():
+            if not isinstance(m, str) or m not in models:
+                raise ConfigError('%s.models: unknown model %s' % (where, _show(m)))
+        cap = _get(spec, 'max_concurrent', where, int, 0)
+        if not 0 <= cap <= 100000:
+            raise ConfigError('%s.max_concurrent: must be 0 (no cap) to 100000, got %d' % (where, cap))
+        if name not in {n for n, k in pairs}:
+            raise ConfigError('%s: no client key has this name (%s, %s)' % (where, NAMED_KEYS_ENV, CLIENT_KEYS_ENV))
+        clients[name] = Client(name, None if allowed is None else frozenset(allowed),
+                               _get(spec, 'metrics', where, bool, True), _get(spec, 'health', where, bool, True), cap)
+    return [ClientKey(name, key, clients.get(name) or Client(name)) for name, key in pairs]
 
 
 def read_key_file(path):

@@ -1,10 +1,11 @@
 # Copyright (c) 2026, gpufleet.llm contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Proxy: the handler of the OpenAI endpoints that carry a model (PROXIED). It checks the client's
-key, finds the model's backend, has the Switchboard make it ready, and relays the request and the
-answer as it arrives, counting for the metrics its time to first byte and the tokens of its usage
-object (read from bounded bytes: a whole answer's head and tail, a stream's last pieces; never
-chunk by chunk). Also the access log: one INFO line per proxied request, written in batches."""
+key (and that key's models and cap on requests in flight), finds the model's backend, has the
+Switchboard make it ready, and relays the request and the answer as it arrives, counting for the
+metrics its time to first byte and the tokens of its usage object (read from bounded bytes: a whole
+answer's head and tail, a stream's last pieces; never chunk by chunk). Also the access log: one INFO
+line per proxied request (the key's name, never the key), written in batches."""
 
 import asyncio
 import json
@@ -13,7 +14,7 @@ import sys
 import time
 
 from . import _backend_probe as probe
-from .auth import key_accepted, presented_key
+from .auth import client_of
 from .lifecycle import SwapError
 from .metrics import usage_tokens
 from .server import Reply, openai_error
@@ -27,11 +28,12 @@ PROXIED = ('/v1/chat/completions', '/v1/completions', '/v1/embeddings')
 async def proxy(app, req):
     cfg, board, metrics = app.cfg, app.board, app.metrics
     started = time.monotonic()
-    if not key_accepted(presented_key(req.headers), cfg.client_keys):
+    client = client_of(app, req)
+    if client is None:
         metrics.client_auth_failures += 1
         return openai_error(401, 'Invalid or missing API key (send Authorization: Bearer <key> or x-api-key)',
                             'invalid_request_error', code='invalid_api_key')
-    key = getattr(req, 'key_name', '')   # the accepted key's name (for the metrics), '' without named keys
+    key = client.name                    # the accepted key's name (metrics, access log), never the key
     body = req.body
     try:
         name = json.loads(body).get('model')
@@ -41,12 +43,19 @@ async def proxy(app, req):
         return openai_error(400, 'The request body must be a JSON object with a "model" string',
                             'invalid_request_error', param='model')
     model = cfg.models.get(name)
-    if model is None:
+    if model is None or not client.may_use(name):    # a key limited to some models: the others do not exist
         metrics.observe('(unknown)', 404, time.monotonic() - started, key)   # bounded label set
         return openai_error(404, 'The model %r does not exist' % name[:100], 'invalid_request_error',
                             code='model_not_found', param='model')
     status = 500
+    counted = False
     try:
+        counted = app.caps.take(client)
+        if not counted:                  # the key's name has max_concurrent requests in flight already
+            status = 429
+            return openai_error(429, 'Too many requests in flight for the key %s (max_concurrent %d); retry when one '
+                                'has finished' % (client.name, client.max_concurrent), 'requests',
+                                code='rate_limit_exceeded', retry_after=1)
         try:
             await board.acquire(model)
         except SwapError as e:
@@ -67,10 +76,13 @@ async def proxy(app, req):
         status = 499                     # the client went away; upstream was closed by relay()
         raise
     finally:
+        if counted:
+            app.caps.give(client)
         elapsed = time.monotonic() - started
         metrics.observe(name, status, elapsed, key)
-        if ACCESS.enabled:
-            ACCESS.add('%s %s model=%s status=%s %.1fms' % (req.method, req.path, name, status, elapsed * 1000))
+        if ACCESS.enabled:               # the key's name, never the key
+            ACCESS.add('%s %s key=%s model=%s status=%s %.1fms' % (req.method, req.path, key, name, status,
+                                                                   elapsed * 1000))
 
 
 async def relay(app, req, model, body, started_key):
