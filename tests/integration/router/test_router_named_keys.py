@@ -130,4 +130,4 @@ def test_over_its_cap_a_name_gets_429_with_retry_after(procs):
         stream, chunks = held.pop()
         stream.__exit__(None, None, None)
     metrics = httpx.get(r.url + '/metrics', headers=bearer(BOB_KEY)).text
-    assert 'llm_router_requests_total{model="m1",status="429"} 2' in metrics
+    assert 'llm_router_requests_total{model="m1",key="alice",status="429"} 2' in metrics
