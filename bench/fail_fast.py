@@ -7,11 +7,15 @@
     the same budget, both against one TabbyAPI-like server (tests/support/fake_backend.py).
 (b) Time from "the backend becomes ready" (the server loads its model at a known instant) to
     "the task returned" (a callback records when the task result reaches ansible-playbook).
+(c) With --crash: a backend whose server exits while it starts, on a real systemd host (the roles'
+    Restart= defaults), router and module, from the server's first exit to the failure; with
+    --baseline OTHER_CHECKOUT, that checkout is measured in the same run (bench/crash_case.py).
 
 Both instants are read from CLOCK_MONOTONIC (time.monotonic), which all processes on the machine
 share. Run from the checkout after `make collection`:
 
     .venv/bin/python bench/fail_fast.py [--budget 60] [--runs 7]
+    .venv/bin/python bench/fail_fast.py --crash [--baseline ../old-main] [--crash-runs 3]
 """
 
 from __future__ import absolute_import, division, print_function
@@ -142,7 +146,14 @@ def main():
     parser.add_argument('--wrong-key-runs', type=int, default=3)
     parser.add_argument('--max-interval', type=float, default=None,
                         help='max_interval for (b); default: the module default (0.25 s)')
+    parser.add_argument('--crash', action='store_true',
+                        help='measure (c), the crash case on a systemd host (needs `make hosts-image`), instead')
+    parser.add_argument('--baseline', help='(c): another checkout (e.g. a git worktree of an older main) to measure too')
+    parser.add_argument('--crash-runs', type=int, default=3)
     args = parser.parse_args()
+    if args.crash:
+        crash(args)
+        return
 
     backend = FakeBackend('tabbyapi', keys=[KEY], model=MODEL).start()
     try:
@@ -178,6 +189,20 @@ def main():
         verdict(max(r[0] for r in module_runs) <= 1.0), max(r[0] for r in module_runs)))
     print('goal (b) <= 0.5 s ready -> task returned: median %s, max %s' % (
         verdict(statistics.median(tasks) <= 0.5), verdict(max(tasks) <= 0.5)))
+
+
+def crash(args):
+    from crash_case import bench_crash, report  # pylint: disable=import-outside-toplevel
+    checkouts = {'this': os.path.dirname(HERE)}
+    if args.baseline:
+        checkouts['baseline'] = os.path.abspath(args.baseline)
+    results = bench_crash(checkouts, args.crash_runs)
+    print('(c) a server that exits 2 s into each start (Restart=on-failure, RestartSec=5, StartLimitBurst=5 in 300 s)')
+    for tag, path in sorted(checkouts.items()):
+        print('    %-8s = %s' % (tag, path))
+    met = report(results)
+    print('goal (c) <= 1 s from the first exit to the failed request / task, this checkout: %s'
+          % ('met' if met else 'MISSED'))
 
 
 if __name__ == '__main__':

@@ -3,7 +3,9 @@
 """How much latency and CPU does the router add? Loopback only, bounded request counts.
 
 Starts the test double (tests/doubles/openai_backend.py) as the backend and the router in front of
-it, then runs interleaved rounds: in each round every case (non-stream / stream, concurrency 1 / 16)
+it (the double's answers carry an OpenAI usage object: the non-stream ones always, the streams in a
+last chunk because the bench asks for it with stream_options.include_usage), then runs
+interleaved rounds: in each round every case (non-stream / stream, concurrency 1 / 16)
 is measured direct to the backend and through the router, in alternating order. "Added" is the
 router's percentile minus the direct percentile over all rounds. Proxy CPU per request comes from
 /proc/<router pid>/stat (utime + stime) over the router's rounds only.
@@ -189,8 +191,11 @@ def main():
         wait_port(bport, backend)
         for proc, rport in routers.values():
             wait_port(rport, proc)
-        bodies = {m: json.dumps({'model': 'm1', 'stream': m == 'stream',
-                                 'messages': [{'role': 'user', 'content': 'Say hello in three languages.'}]}).encode()
+        # Both answers carry a usage object (the stream asks for it, as a client that wants its tokens
+        # counted does), so the routers' token counting is part of what is measured.
+        bodies = {m: json.dumps(dict({'model': 'm1', 'stream': m == 'stream',
+                                      'messages': [{'role': 'user', 'content': 'Say hello in three languages.'}]},
+                                     **({'stream_options': {'include_usage': True}} if m == 'stream' else {}))).encode()
                   for m in ('non-stream', 'stream')}
         cases = [(m, c) for m in ('non-stream', 'stream') for c in (1, 16)]
         targets = ['direct'] + labels

@@ -13,6 +13,10 @@ secret at ``<gpufleet_vault_path>/<scope>`` holds:
      "rotation_pending": True,                      # the pending-rotation marker
      "rotation_started": "2026-11-25T19:00:00Z"}
 
+The router's ``client_api_keys`` is either a list (flat: named client-1, client-2, ... by position)
+or a mapping of key names to keys (named keys); its ``client_api_keys_previous`` is then a list, or a
+mapping of names to lists of old keys. A rotation of named keys may rotate only some names.
+
 The Ansible Vault layout holds the same data as ``vault_<contract variable>`` entries plus
 ``vault_gpufleet_rotation_pending`` (list of scopes). No filter ever puts a key in an error message.
 """
@@ -21,6 +25,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import json
+import re
 import secrets
 import string
 
@@ -47,6 +53,8 @@ VAULT_PENDING = 'vault_gpufleet_rotation_pending'
 KEY_ALPHABET = string.ascii_letters + string.digits
 KEY_LENGTH = 48          # 48 of 62 symbols: about 285 bits
 MIN_KEY_LENGTH = 32
+# A client key's name: the router's rule (roles/llm_router/files/llm_router/config.py).
+KEY_NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}\Z')
 
 
 def _scope(scope):
@@ -75,6 +83,39 @@ def _key_list(value, where):
     return [k for k in keys if k]
 
 
+def _named_keys(value, where, previous=False):
+    """A mapping name -> key (previous: name -> list of keys), checked; a JSON object in a string (what
+    `bao kv put k='{"alice": "..."}'` stores) is read as a mapping. None when value is not a mapping."""
+    if isinstance(value, string_types) and value.strip().startswith('{'):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise AnsibleFilterError('%s is neither a comma-separated list of keys nor a JSON object' % where)
+    if not isinstance(value, dict):
+        return None
+    out = {}
+    for name, keys in value.items():
+        if not isinstance(name, string_types) or not KEY_NAME_RE.match(name):
+            raise AnsibleFilterError('%s: %s is not a key name (1-64 letters, digits, _ . @ -)' % (where, name))
+        if previous:
+            keys = _key_list(keys, '%s.%s' % (where, name))
+            if keys:
+                out[name] = keys
+        else:
+            keys = to_text(keys).strip() if isinstance(keys, string_types) else ''
+            if not keys:
+                raise AnsibleFilterError('%s.%s must be one key (a string)' % (where, name))
+            out[name] = keys
+    return out
+
+
+def _flat(value):
+    """Every key of a field's value: a key, a list of keys, or a mapping name -> key or list of keys."""
+    if isinstance(value, dict):
+        return [k for v in value.values() for k in (v if isinstance(v, (list, tuple)) else [v])]
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 def _is_true(value):
     if isinstance(value, string_types):
         return value.strip().lower() in ('true', 'yes', '1', 'on')
@@ -91,13 +132,19 @@ def normalize_secret(secret, scope):
     for field, kind in fields:
         value = secret.get(field)
         if kind == 'list':
-            value = _key_list(value, '%s.%s' % (scope, field))
+            named = _named_keys(value, '%s.%s' % (scope, field))
+            value = named if named is not None else _key_list(value, '%s.%s' % (scope, field))
             if not value:
                 missing.append(field)
-        else:
-            value = to_text(value).strip() if value is not None else ''
-            if not value:
-                missing.append(field)
+            previous = secret.get(field + '_previous')
+            named = _named_keys(previous, '%s.%s_previous' % (scope, field), previous=True)
+            out[field] = value
+            out[field + '_previous'] = named if named is not None else \
+                _key_list(previous, '%s.%s_previous' % (scope, field))
+            continue
+        value = to_text(value).strip() if value is not None else ''
+        if not value:
+            missing.append(field)
         out[field] = value
         out[field + '_previous'] = _key_list(secret.get(field + '_previous'), '%s.%s_previous' % (scope, field))
     if missing:
@@ -129,8 +176,26 @@ def key_contract_vars(store, previous=True):
             out[prefix + field] = secret[field]
             name = prefix + field + '_previous'
             if name in CONTRACT_PREVIOUS:
-                out[name] = list(secret.get(field + '_previous') or []) if previous else []
+                out[name] = _copy(secret.get(field + '_previous')) if previous else _empty(secret[field])
     return out
+
+
+def _copy(value):
+    """A field's previous keys, copied: a list, or a mapping name -> list (named keys)."""
+    if isinstance(value, dict):
+        return dict((name, list(keys)) for name, keys in value.items())
+    return list(value or [])
+
+
+def _empty(current):
+    """No previous keys, in the form of the field's current value (mapping for named keys)."""
+    return {} if isinstance(current, dict) else []
+
+
+def key_client_names(store):
+    """The names of the router's named client keys in store ([] when flat or no router scope): no value."""
+    keys = (store.get('router') or {}).get('client_api_keys')
+    return sorted(keys) if isinstance(keys, dict) else []
 
 
 def key_names(scopes):
@@ -172,7 +237,7 @@ def key_store_to_vault_vars(store, vault_vars):
         prefix, fields = _scope(scope)
         for field, kind in fields:
             out['vault_' + prefix + field] = secret[field]
-            out['vault_' + prefix + field + '_previous'] = list(secret.get(field + '_previous') or [])
+            out['vault_' + prefix + field + '_previous'] = _copy(secret.get(field + '_previous'))
         if secret.get(PENDING):
             pending.add(scope)
             started[scope] = secret.get(STARTED, '')
@@ -192,10 +257,25 @@ def new_key(length=KEY_LENGTH):
     return ''.join(secrets.choice(KEY_ALPHABET) for dummy in range(length))
 
 
-def key_begin_rotation(store, scopes, started='', length=KEY_LENGTH):
+def _rotate_named(current, previous, names, length):
+    """Named keys: a new key for each of names (all when empty); the old key of each joins its previous
+    keys. Returns (current, previous) as new mappings."""
+    unknown = sorted(set(names or []) - set(current))
+    if unknown:
+        raise AnsibleFilterError('rotate_client_keys: no client key is named %s (known: %s)'
+                                 % (', '.join(map(to_text, unknown)), ', '.join(sorted(current))))
+    new, old = dict(current), _copy(previous) if isinstance(previous, dict) else {}
+    for name in (names or sorted(current)):
+        old[name] = [current[name]] + [k for k in old.get(name, []) if k != current[name]]
+        new[name] = new_key(length)
+    return new, old
+
+
+def key_begin_rotation(store, scopes, started='', length=KEY_LENGTH, client_names=None):
     """Start a rotation of scopes: new keys become current, the current ones become *_previous and
     the secret is marked pending. A scope that is already pending is left exactly as it is, so a
-    re-run finishes the interrupted rotation instead of making yet another key."""
+    re-run finishes the interrupted rotation instead of making yet another key. client_names: the
+    router's named client keys to rotate (default: all); flat client keys are rotated all at once."""
     out = dict(store)
     for scope in _scopes(scopes):
         if scope not in store:
@@ -205,6 +285,13 @@ def key_begin_rotation(store, scopes, started='', length=KEY_LENGTH):
             continue
         prefix, fields = _scope(scope)
         for field, kind in fields:
+            if isinstance(secret[field], dict):
+                secret[field], secret[field + '_previous'] = _rotate_named(
+                    secret[field], secret.get(field + '_previous'), client_names, length)
+                continue
+            if client_names and scope == 'router':
+                raise AnsibleFilterError('rotate_client_keys: the router\'s client keys are a flat list, without '
+                                         'names; name them (docs/keys.md) to rotate some only')
             old = list(secret[field]) if kind == 'list' else [secret[field]]
             # Keys already listed as previous may still sit on a host: keep them until the end.
             previous = old + [k for k in secret.get(field + '_previous') or [] if k not in old]
@@ -223,7 +310,7 @@ def key_end_rotation(store, scopes):
         secret = dict(store[scope])
         prefix, fields = _scope(scope)
         for field, kind in fields:
-            secret[field + '_previous'] = []
+            secret[field + '_previous'] = _empty(secret[field])
         secret[PENDING] = False
         secret[STARTED] = ''
         out[scope] = secret
@@ -237,9 +324,9 @@ def key_values(store, which='all'):
         prefix, fields = _scope(scope)
         for field, kind in fields:
             if which in ('current', 'all'):
-                values.extend(secret[field] if kind == 'list' else [secret[field]])
+                values.extend(_flat(secret[field]))
             if which in ('previous', 'all'):
-                values.extend(secret.get(field + '_previous') or [])
+                values.extend(_flat(secret.get(field + '_previous') or []))
     return values
 
 
@@ -250,7 +337,7 @@ def key_previous_by_scope(store):
         prefix, fields = _scope(scope)
         out[scope] = []
         for field, kind in fields:
-            out[scope].extend(secret.get(field + '_previous') or [])
+            out[scope].extend(_flat(secret.get(field + '_previous') or []))
     return out
 
 
@@ -302,6 +389,7 @@ class FilterModule(object):
             'key_store_normalize': key_store_normalize,
             'key_contract_vars': key_contract_vars,
             'key_names': key_names,
+            'key_client_names': key_client_names,
             'key_store_from_vault_vars': key_store_from_vault_vars,
             'key_store_to_vault_vars': key_store_to_vault_vars,
             'key_begin_rotation': key_begin_rotation,

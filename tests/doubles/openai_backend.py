@@ -13,7 +13,8 @@ It stands in for the backends the router sits in front of:
   ``{"detail":"Please provide an API key"}`` (no key) or ``{"detail":"Invalid API key"}`` (wrong key);
   ``GET /v1/model`` -> 503 ``{"detail":"No models are currently loaded."}`` until a model is loaded;
   ``POST /v1/model/load`` (admin; streams progress; unknown name -> 400, API key only -> 401
-  ``{"detail":"Please provide an admin key"}``) and ``POST /v1/model/unload``.
+  ``{"detail":"Please provide an admin key"}``) and ``POST /v1/model/unload`` (admin; 200 ``null``, or
+  503 ``{"detail":"No models are currently loaded."}`` with none loaded, as TabbyAPI's source does).
 
 Answers are deterministic (same request -> same bytes), so a test can compare the bytes it gets
 through the router with the bytes it gets directly. ``GET /_stats`` (no key; not part of any real
@@ -24,7 +25,9 @@ Streams (``"stream": true``) are aiohttp ``StreamResponse``s: ``prepare()`` send
 and headers at once (aiohttp 3.14: ``_send_headers_immediately``), before the first chunk, as
 inference servers do. ``--first-chunk-delay S`` waits S seconds between those headers and the
 first chunk (a backend that takes long to produce its first token); ``--chunk-delay S`` waits
-between the chunks after it.
+between the chunks after it. With ``"stream_options": {"include_usage": true}`` a chat stream ends,
+as OpenAI's and llama-server's do, with a chunk of empty ``choices`` and the ``usage`` object (the
+same counts as the non-stream answer) before ``data: [DONE]``.
 
 Test-only behaviour, which no real backend has: ``--no-content-model M`` makes a completion
 request for model M (chat, completions, embeddings; key checked first, as for any request) answer
@@ -43,7 +46,7 @@ from aiohttp import web
 
 STATS = {'requests': 0, 'disconnects': 0, 'completed': 0, 'loads': [], 'unloads': 0,
          'inflight': 0, 'max_inflight': 0, 'last_headers': {}, 'last_body_sha256': None,
-         'events': []}       # ordered [event, model]: start/end of completions, load
+         'events': []}       # ordered [event, model]: start/end of completions, load, unload
 
 
 def parse_args(argv):
@@ -151,9 +154,12 @@ class Double:
         denied = self.check_admin(request)
         if denied:
             return denied
+        if not self.loaded:             # as TabbyAPI's check_model_container answers
+            return web.json_response({'detail': 'No models are currently loaded.'}, status=503)
         STATS['unloads'] += 1
+        STATS['events'].append(['unload', self.loaded])
         self.loaded = None
-        return web.Response(status=200)
+        return web.json_response(None)  # FastAPI's answer for a handler that returns nothing
 
     async def complete(self, request):
         denied = self.check_api(request)
@@ -232,6 +238,11 @@ class Double:
             await resp.write(b'data: ' + json.dumps(self.answer(request.path, body, 'chunk', i)).encode() + b'\n\n')
             if self.a.die_after_chunks is not None and i + 1 >= self.a.die_after_chunks:
                 os._exit(3)
+        options = body.get('stream_options')
+        if isinstance(options, dict) and options.get('include_usage') and request.path == '/v1/chat/completions':
+            usage = self.answer(request.path, body, 'whole')['usage']
+            last = dict(self.answer(request.path, body, 'chunk', 0), choices=[], usage=usage)
+            await resp.write(b'data: ' + json.dumps(last).encode() + b'\n\n')
         await resp.write(b'data: [DONE]\n\n')
         await resp.write_eof()
         return resp

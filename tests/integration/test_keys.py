@@ -12,16 +12,20 @@ The playbooks run on localhost only; the roll-out to hosts is tested by molecule
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import hvac
 import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'support'))
 from openbao import DevServer  # noqa: E402
+import router_package  # noqa: E402  pylint: disable=wrong-import-position
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -46,6 +50,7 @@ STORE_PLAYBOOK = """
         tasks_from: rotate_begin
       vars:
         keys_rotate_scope: "{{ rotate_scope | default('all') }}"
+        keys_rotate_client_keys: "{{ rotate_client_keys | default([]) }}"
         keys_fail_after_store: "{{ rotate_fail_after_store | default(false) }}"
       when: rotate | default(true) | bool
     - name: End the rotation
@@ -110,6 +115,8 @@ def key_values(data):
     for name, value in data.items():
         if 'key' not in name:
             continue
+        if isinstance(value, dict):                                  # named client keys
+            value = [k for v in value.values() for k in (v if isinstance(v, list) else [v])]
         for v in value if isinstance(value, list) else [value]:
             if isinstance(v, str) and len(v) >= 30:
                 values.add(v)
@@ -458,3 +465,103 @@ def test_ansible_vault_rekey(workdir):
     assert rc == 0, out[-3000:]
     assert vault_view(workdir, target, password=new_password)[0] == 0
     assert vault_view(workdir, target, password=old_password)[0] != 0
+
+
+# --- Named client keys, rotated by name (both sources) ----------------------------------------
+
+def router_answers(tmp_path, named_keys, tries, previous=None):
+    """Start the real router with the named client keys (and previous: name -> old keys) as the llm_router
+    role writes them (LLM_ROUTER_CLIENT_KEYS, name:key) and return the status of GET /v1/models for each
+    key of tries."""
+    pairs = list(named_keys.items()) + [(n, k) for n, keys in (previous or {}).items() for k in keys]
+    port = socket.socket()
+    port.bind(('127.0.0.1', 0))
+    number = port.getsockname()[1]
+    port.close()
+    config = tmp_path / 'router.yml'
+    config.write_text(yaml.safe_dump({'listen': {'host': '127.0.0.1', 'port': number},
+                                      'backends': {'b': {'kind': 'openai', 'url': 'http://127.0.0.1:9'}},
+                                      'models': {'m': {'backend': 'b'}}}))
+    env = {'PATH': os.environ['PATH'], 'PYTHONPATH': str(router_package.install(tmp_path / 'router-package')),
+           'LLM_ROUTER_CLIENT_KEYS': ','.join('%s:%s' % (n, k) for n, k in pairs)}
+    proc = subprocess.Popen([sys.executable, '-m', 'llm_router', '--config', str(config)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for dummy in range(300):
+            try:
+                socket.create_connection(('127.0.0.1', number), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        return [httpx.get('http://127.0.0.1:%d/v1/models' % number, headers={'Authorization': 'Bearer ' + key}).status_code
+                for key in tries]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_hashi_rotation_by_name(kv, workdir):
+    """rotate_client_keys: only alice gets a new key; bob's is untouched; alice's old key is kept while
+    pending (grace) and refused once the rotation ended."""
+    first = {'alice': new_key(), 'bob': new_key()}
+    kv['client'].secrets.kv.v2.create_or_update_secret(path='%s/router' % kv['path'], secret={'client_api_keys': first})
+    logs = []
+    rc, out, report = run_playbook(workdir, hashi_extra(kv, rotate_scope=['router'], rotate_client_keys=['alice'],
+                                                        finish=False), logs=logs)
+    assert rc == 0, out[-3000:]
+    pending, version = kv_read(kv, 'router')
+    assert version == 3 and pending['rotation_pending'] is True
+    assert pending['client_api_keys']['bob'] == first['bob']
+    assert pending['client_api_keys']['alice'] != first['alice'] and len(pending['client_api_keys']['alice']) == 48
+    assert pending['client_api_keys_previous'] == {'alice': [first['alice']]}
+    assert report['lengths'][-1] == 2 and report['previous'][-1] == 1      # the play: both names, alice's old key
+    for scope in ('tabbyapi', 'llamacpp', 'sglang'):
+        assert kv_read(kv, scope)[1] == 1
+    grace = dict(pending['client_api_keys'])
+    assert router_answers(workdir, grace, [grace['alice'], first['alice'], first['bob']],  # the grace pass
+                          previous=pending['client_api_keys_previous']) == [200, 200, 200]
+
+    rc, out, report = run_playbook(workdir, hashi_extra(kv, rotate_scope=['router']), logs=logs)
+    assert rc == 0, out[-3000:]
+    final, version = kv_read(kv, 'router')
+    assert version == 4 and final['rotation_pending'] is False
+    assert final['client_api_keys'] == grace and final['client_api_keys_previous'] == {}
+    assert router_answers(workdir, final['client_api_keys'], [grace['alice'], first['bob'], first['alice']]) == [200, 200, 401]
+    assert_no_key_in(logs, all_kv_values(kv) | {kv['token']})
+
+
+def test_hashi_rotation_by_unknown_name_or_of_flat_keys_is_refused(kv, workdir):
+    rc, out, dummy = run_playbook(workdir, hashi_extra(kv, rotate_scope=['router'], rotate_client_keys=['alice']))
+    assert rc != 0 and 'the names there are: none (a flat list)' in out
+    kv['client'].secrets.kv.v2.create_or_update_secret(path='%s/router' % kv['path'],
+                                                       secret={'client_api_keys': {'bob': new_key()}})
+    rc, out, dummy = run_playbook(workdir, hashi_extra(kv, rotate_scope=['router'], rotate_client_keys=['alice']))
+    assert rc != 0 and 'rotate_client_keys (alice) names client keys' in out and 'the names there are: bob' in out
+    assert kv_read(kv, 'router')[1] == 2                               # nothing stored
+
+
+def test_ansible_vault_rotation_by_name(workdir):
+    first = dict(first_vault_vars(), vault_llm_router_client_api_keys={'alice': new_key(), 'bob': new_key()})
+    target = write_vault_file(workdir, first)
+    logs = []
+    rc, out, report = run_playbook(workdir, {'rotate_scope': ['router'], 'rotate_client_keys': ['bob'], 'finish': False},
+                                   logs=logs)
+    assert rc == 0, out[-3000:]
+    pending = vault_view(workdir, target)[1]
+    old = first['vault_llm_router_client_api_keys']
+    assert pending['vault_gpufleet_rotation_pending'] == ['router']
+    assert pending['vault_llm_router_client_api_keys']['alice'] == old['alice']
+    assert pending['vault_llm_router_client_api_keys']['bob'] != old['bob']
+    assert pending['vault_llm_router_client_api_keys_previous'] == {'bob': [old['bob']]}
+    assert pending['vault_llamacpp_api_key'] == first['vault_llamacpp_api_key']
+    assert report['previous'][-1] == 1
+
+    rc, out, report = run_playbook(workdir, {'rotate_scope': ['router']}, logs=logs)
+    assert rc == 0, out[-3000:]
+    final = vault_view(workdir, target)[1]
+    assert final['vault_gpufleet_rotation_pending'] == []
+    assert final['vault_llm_router_client_api_keys'] == pending['vault_llm_router_client_api_keys']
+    assert final['vault_llm_router_client_api_keys_previous'] == {}
+    keys = final['vault_llm_router_client_api_keys']
+    assert router_answers(workdir, keys, [keys['bob'], old['alice'], old['bob']]) == [200, 200, 401]
+    assert_no_key_in(logs, all_vault_values(workdir, target))

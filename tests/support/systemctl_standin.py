@@ -3,16 +3,17 @@
 """A stand-in for ``systemctl`` on loopback that runs REAL processes as "units", with systemd's
 start limit. The router's ``systemctl`` setting: [python, this file, STATE_DIR].
 
-STATE_DIR/units.json maps a unit name to {"argv": [...]}; each unit's state is STATE_DIR/<unit>.json
-(pid, result, start times). What it does, as systemd does for a Type=exec unit without Restart=
-that it keeps loaded (an enabled unit; a disabled one that stopped cleanly is unloaded, and with it
-its start count):
+STATE_DIR/units.json maps a unit name to {"argv": [...], "stop_delay": seconds (optional)}; each unit's
+state is STATE_DIR/<unit>.json (pid, result, start times). What it does, as systemd does for a Type=exec
+unit without Restart= that it keeps loaded (an enabled unit; a disabled one that stopped cleanly is
+unloaded, and with it its start count):
 
 - ``start -- UNIT``: refused (exit 1, "start of the service was attempted too often", ActiveState=failed,
   Result=start-limit-hit) when the unit was started START_LIMIT_BURST times in the last
   START_LIMIT_INTERVAL seconds (environment; default 5 in 300 s, the roles' unit defaults); else
   the process is started (its own session, output to STATE_DIR/<unit>.log) unless it runs already.
-- ``stop -- UNIT``: SIGTERM, then SIGKILL after 10 s; waits for the exit.
+- ``stop -- UNIT``: after stop_delay seconds (a slow stop, as a server that unloads a large model has),
+  SIGTERM, then SIGKILL after 10 s; waits for the exit.
 - ``reset-failed -- UNIT``: forgets a failure and the start count.
 - ``show --property=... -- UNIT``: ActiveState, SubState, Result, ExecMainCode, ExecMainStatus.
 
@@ -70,6 +71,7 @@ def main(argv):
                                                  stderr=subprocess.STDOUT, start_new_session=True).pid
                 st['result'] = 'success'
         elif verb == 'stop' and alive:
+            time.sleep(units[unit].get('stop_delay', 0))
             os.kill(st['pid'], signal.SIGTERM)
             deadline = time.monotonic() + 10
             while pid_alive(st['pid']) and time.monotonic() < deadline:

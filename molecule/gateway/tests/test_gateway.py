@@ -167,8 +167,10 @@ def test_models_answer_errors_and_tls(hosts):
     # client keys pass through: the routers refuse a key they do not know, on every path
     for name in ("models_wrong_key", "models_no_key", "chat_wrong_key"):
         assert a[name]["status"] == 401, (name, a[name])
-    # the health key is accepted by the routers (the gateway's checks prove the key check)
-    assert a["chat_health_key"]["status"] == 200, a["chat_health_key"]
+    # the health key is accepted by the routers (the gateway's checks prove the key check), as the client key
+    # named gateway, whose scope holds no model: a chat with it is a 404, as for a model that does not exist
+    assert a["chat_health_key"]["status"] == 404, a["chat_health_key"]
+    assert json.loads(a["chat_health_key"]["body"])["error"]["code"] == "model_not_found"
     assert a["unknown"]["status"] == 404 and a["unknown"]["type"] == "application/json"
     assert json.loads(a["unknown"]["body"]) == {"error": {
         "message": "The model 'no-such-model' does not exist", "type": "invalid_request_error",

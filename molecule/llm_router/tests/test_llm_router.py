@@ -165,7 +165,7 @@ def test_files_owners_modes_and_no_key_outside_the_env_file(host):
     # the router.py and _backend_probe.py of versions before the package are gone
     assert host.run("test -e /opt/llm-router/router.py || test -e /opt/llm-router/_backend_probe.py").rc != 0
     env = host.check_output("cat /etc/llm-router/env")
-    assert 'LLM_ROUTER_CLIENT_API_KEYS="%s,%s"' % (CLIENT_KEY, OLD_CLIENT_KEY) in env
+    assert 'LLM_ROUTER_CLIENT_KEYS="client-1:%s,client-1:%s"' % (CLIENT_KEY, OLD_CLIENT_KEY) in env
     assert 'LLAMACPP_API_KEY="%s"' % LLAMACPP_KEY in env
     config = host.check_output("cat /etc/llm-router/router.yml")
     assert config.count("key_env: LLAMACPP_API_KEY") == 2 and "swap_policy: exclusive" in config
@@ -250,10 +250,10 @@ def test_real_completions_and_an_exclusive_swap(host):
     assert health["backends"]["llamacpp-tiny-a"]["state"] == "stopped", health
     assert health["backends"]["llamacpp-tiny-b"]["state"] == "ready", health
     metrics = b["metrics"]["body"]
-    assert 'llm_router_swaps_total{backend="llamacpp-tiny-a",result="ok"} 1' in metrics, metrics
-    assert 'llm_router_swaps_total{backend="llamacpp-tiny-b",result="ok"} 1' in metrics, metrics
+    assert 'llm_router_swaps_total{backend="llamacpp-tiny-a",model="tiny-a",result="ok"} 1' in metrics, metrics
+    assert 'llm_router_swaps_total{backend="llamacpp-tiny-b",model="tiny-b",result="ok"} 1' in metrics, metrics
     assert 'llm_router_swap_duration_seconds_count{backend="llamacpp-tiny-b"} 1' in metrics
-    assert re.search(r'llm_router_requests_total\{model="tiny-b",status="200"\} 1$', metrics, re.M), metrics
+    assert re.search(r'llm_router_requests_total\{model="tiny-b",key="[^"]*",status="200"\} 1$', metrics, re.M), metrics
     assert re.search(r"^llm_router_client_auth_failures_total [1-9]", metrics, re.M), metrics
 
     # ... and back: tiny-a again swaps the units round
@@ -412,6 +412,44 @@ def test_model_ping_pong_past_the_start_limit_keeps_every_model_served(host):
     health = json.loads(after["health"]["body"])
     assert health["active_backends"] == ["llamacpp-tiny-b"], health
     assert (active(host, UNIT_A), active(host, UNIT_B)) == ("inactive", "active")
+
+
+def test_preload_and_idle_unload(host):
+    """llm_router_preload: tiny-b runs after the converge, and after a restart of the router with both
+    units stopped, with no request. ttl: tiny-a (4 s) is stopped once idle; the next request starts it."""
+    rc, output = playbook("converge.yml", "-e", json.dumps({
+        "llamacpp_api_key": NEW_LLAMACPP_KEY, "llamacpp_service_state": "started",   # as the test before left it
+        "llm_router_client_api_keys_previous": [], "llm_router_preload": ["tiny-b"],
+        "llm_router_models": {"tiny-a": {"backend": "llamacpp-tiny-a", "model": "tiny-a", "ttl": 4},
+                              "tiny-b": {"backend": "llamacpp-tiny-b", "model": "tiny-b"}}}))
+    assert rc == 0, output
+    config = host.check_output("cat /etc/llm-router/router.yml")
+    assert "preload:\n- tiny-b" in config and "ttl: 4.0" in config, config
+    assert (active(host, UNIT_A), active(host, UNIT_B)) == ("inactive", "active")
+    host.check_output("systemctl stop %s %s && systemctl restart llm-router.service" % (UNIT_A, UNIT_B))
+    deadline = time.monotonic() + 90
+    while active(host, UNIT_B) != "active" or "preload: model tiny-b ready" not in host.check_output(
+            "journalctl --no-pager -u llm-router.service -n 30"):
+        assert time.monotonic() < deadline, host.check_output("journalctl --no-pager -u llm-router.service -n 30")
+        time.sleep(1)
+    assert active(host, UNIT_A) == "inactive"
+    a = ask(host, first=["POST", "/v1/chat/completions", bearer(CLIENT_KEY), chat("tiny-a")],
+            health=["GET", "/health", bearer(CLIENT_KEY)])
+    assert a["first"]["status"] == 200, a["first"]
+    backend = json.loads(a["health"]["body"])["backends"]["llamacpp-tiny-a"]
+    assert backend["ttl"] == 4.0 and 0 < backend["unload_in"] <= 4.0, backend
+    assert (active(host, UNIT_A), active(host, UNIT_B)) == ("active", "inactive")
+    deadline = time.monotonic() + 60
+    while active(host, UNIT_A) != "inactive":
+        assert time.monotonic() < deadline, "tiny-a was not stopped after its ttl"
+        time.sleep(1)
+    b = ask(host, metrics=["GET", "/metrics", bearer(CLIENT_KEY)],
+            again=["POST", "/v1/chat/completions", bearer(CLIENT_KEY), chat("tiny-a")])
+    assert 'llm_router_unloads_total{backend="llamacpp-tiny-a",model="tiny-a",reason="ttl"} 1' in b["metrics"]["body"]
+    assert b["again"]["status"] == 200, b["again"]
+    assert active(host, UNIT_A) == "active"
+    log = host.check_output("journalctl --no-pager -u llm-router.service")
+    assert "backend llamacpp-tiny-a idle for 4 s (ttl): unloading unit %s" % UNIT_A in log, log
 
 
 def test_no_key_in_the_journal(host):

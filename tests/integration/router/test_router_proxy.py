@@ -197,12 +197,12 @@ def test_metrics_counters_move(stack):
     httpx.post(r.url + '/v1/chat/completions', content=chat('nope'), headers=AUTH)
     httpx.post(r.url + '/v1/chat/completions', content=chat('s1'), headers={'x-api-key': 'bad'})
     m1 = httpx.get(r.url + '/metrics', headers=AUTH).text
-    ok = 'llm_router_requests_total{model="s1",status="200"}'
+    ok = 'llm_router_requests_total{model="s1",key="client-1",status="200"}'
     assert metric(m1, ok) == metric(m0, ok) + 3
-    assert metric(m1, 'llm_router_requests_total{model="(unknown)",status="404"}') == 1   # no label per name
+    assert metric(m1, 'llm_router_requests_total{model="(unknown)",key="client-1",status="404"}') == 1   # no label per name
     assert metric(m1, 'llm_router_client_auth_failures_total') == metric(m0, 'llm_router_client_auth_failures_total') + 1
     assert metric(m1, 'llm_router_request_duration_seconds_count{model="s1"}') == metric(m0, 'llm_router_request_duration_seconds_count{model="s1"}') + 3
-    assert metric(m1, 'llm_router_swaps_total{backend="sg",result="ok"}') == 1
+    assert metric(m1, 'llm_router_swaps_total{backend="sg",model="s1",result="ok"}') == 1
     assert 'llm_router_swap_duration_seconds_count{backend="sg"} 1' in m1
 
 
@@ -214,11 +214,11 @@ def test_access_lines_keep_their_place_in_the_log(stack):
         assert httpx.post(r.url + '/v1/chat/completions', content=chat(model), headers=AUTH).status_code == 200
     r.stop()
     lines = r.log().splitlines()
-    access = [i for i, line in enumerate(lines) if ' INFO llm_router: POST /v1/chat/completions model=' in line]
+    access = [i for i, line in enumerate(lines) if ' INFO llm_router: POST /v1/chat/completions key=' in line]
     assert len(access) == 3
     for i, model in zip(access, ('a', 's1', 's1')):
         assert re.fullmatch(r'\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO llm_router: '
-                            r'POST /v1/chat/completions model=%s status=200 \d+\.\dms' % model, lines[i]), lines[i]
+                            r'POST /v1/chat/completions key=client-1 model=%s status=200 \d+\.\dms' % model, lines[i]), lines[i]
     swap_to_s1 = [i for i, line in enumerate(lines) if 'swap to model s1' in line]
     assert swap_to_s1 and access[0] < swap_to_s1[0] < access[1]   # the 'a' line came out before the swap's
     assert 'INFO llm_router: stopped' in lines[-1]                # and the last ones before 'stopped'

@@ -92,7 +92,7 @@ def test_backend_rejecting_the_router_key_fails_fast_with_502(procs):
     metrics = httpx.get(r.url + '/metrics', headers=AUTH).text
     assert 'llm_router_backend_auth_failures_total{backend="sg"} 1' in metrics
     assert 'llm_router_backend_auth_failures_total{backend="tabby"} 1' in metrics
-    assert 'llm_router_swaps_total{backend="sg",result="error"} 1' in metrics
+    assert 'llm_router_swaps_total{backend="sg",model="s1",result="error"} 1' in metrics
 
 
 def test_tabby_unknown_model_fails_with_backends_message(procs):
@@ -162,7 +162,7 @@ def test_client_disconnect_mid_stream_cancels_upstream(procs):
     assert stats['disconnects'] == 1 and stats['inflight'] == 0
     assert stats['completed'] == 1                              # only the warm-up request completed
     m = httpx.get(r.url + '/metrics', headers=AUTH).text
-    assert 'llm_router_requests_total{model="s1",status="499"} 1' in m
+    assert 'llm_router_requests_total{model="s1",key="client-1",status="499"} 1' in m
     assert httpx.get(r.url + '/health', headers=AUTH).json()['backends']['sg']['in_flight'] == 0
 
 

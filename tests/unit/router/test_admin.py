@@ -91,7 +91,7 @@ def test_reload_applies_new_keys_and_rechecks_ready_backends(setup):
     result = asyncio.run(admin.reload_keys(app))
     assert result == {'reloaded': True, 'client_keys': 2, 'resumed': [], 'still_drained_key_refused': [],
                       'config_changed_beyond_keys': False}
-    assert app.cfg.client_keys == ['ck-2', 'ck-1']
+    assert [k.key for k in app.cfg.client_keys] == ['ck-2', 'ck-1']
     assert app.cfg.backends['sg'].key == 'sg-2' and app.cfg.backends['sg'].state == 'unknown'
 
 
@@ -102,7 +102,7 @@ def test_a_failed_reload_keeps_the_old_keys(setup):
     reply = asyncio.run(admin.admin_reload(app, req))
     assert reply.status == 500 and json.loads(reply.body)['reloaded'] is False
     assert 'LLM_ROUTER_CLIENT_API_KEYS' in json.loads(reply.body)['error']
-    assert app.cfg.client_keys == ['ck-1'] and app.cfg.backends['sg'].key == 'sg-1'
+    assert [k.key for k in app.cfg.client_keys] == ['ck-1'] and app.cfg.backends['sg'].key == 'sg-1'
 
 
 def test_reload_says_when_the_config_changed_beyond_keys(setup):

@@ -33,7 +33,7 @@ def test_good_config_parses_with_defaults():
     assert (cfg.host, cfg.port, cfg.swap_policy, cfg.readiness_timeout) == ('0.0.0.0', 4000, 'exclusive', 300.0)
     assert cfg.systemctl == ['/usr/bin/systemctl']
     assert cfg.client_timeout == 75.0 and cfg.failure_backoff == 30.0
-    assert cfg.client_keys == ['k-new', 'k-old']
+    assert [(k.name, k.key) for k in cfg.client_keys] == [('client-1', 'k-new'), ('client-2', 'k-old')]
     assert cfg.backends['qwen'].url == 'http://127.0.0.1:8080'          # trailing slash dropped
     assert cfg.backends['qwen'].key == '' and cfg.backends['qwen'].unit == 'llamacpp@qwen.service'
     assert cfg.backends['tabby'].key == 'secret-admin-value'
@@ -134,3 +134,51 @@ def test_router_refuses_to_start_on_bad_config_and_never_prints_a_key(tmp_path, 
     for out in (run.stdout + run.stderr, ok.stdout + ok.stderr, broken.stdout + broken.stderr):
         for secret in ('secret-admin-value', 'secret-sglang-value', 'k-new', 'k-old'):
             assert secret not in out
+
+
+def test_ttl_and_preload_parse():
+    doc = copy.deepcopy(GOOD)
+    doc.update(default_ttl=600, preload=['qwen', 'mistral'])
+    doc['backends']['tabby']['ttl'] = 0                  # never, whatever default_ttl says
+    doc['models']['qwen']['ttl'] = 2.5
+    cfg = config.parse_config(doc, ENV)
+    assert cfg.default_ttl == 600.0 and [m.name for m in cfg.preload] == ['qwen', 'mistral']
+    assert cfg.backends['tabby'].ttl == 0.0 and cfg.backends['qwen'].ttl is None
+    assert cfg.models['qwen'].ttl == 2.5 and cfg.models['mistral'].ttl is None
+    plain = config.parse_config(copy.deepcopy(GOOD), ENV)
+    assert plain.default_ttl == 0.0 and plain.preload == []       # default: nothing unloaded, nothing preloaded
+
+
+@pytest.mark.parametrize('path,value,message', [
+    (('default_ttl',), -1, 'default_ttl: must be 0 (never unload) or more seconds, got -1'),
+    (('default_ttl',), '10m', 'default_ttl: expected seconds (a number, 0 = never unload), got str'),
+    (('default_ttl',), float('nan'), 'default_ttl: must be 0 (never unload) or more seconds, got nan'),
+    (('backends', 'qwen', 'ttl'), True, 'backends.qwen.ttl: expected seconds (a number, 0 = never unload), got bool'),
+    (('backends', 'qwen', 'ttl'), -0.5, 'backends.qwen.ttl: must be 0 (never unload) or more seconds'),
+    (('models', 'qwen', 'ttl'), [1], 'models.qwen.ttl: expected seconds (a number, 0 = never unload), got list'),
+    (('models', 'qwen', 'ttl'), float('inf'), 'models.qwen.ttl: must be 0 (never unload) or more seconds, got inf'),
+    # sg has no unit: the router stops only the units it manages
+    (('backends', 'sg', 'ttl'), 60, 'backends.sg.ttl: the backend has no unit, and the router stops only the units'),
+    (('models', 'mistral', 'ttl'), 60, 'models.mistral.ttl: backend sg has no unit, and the router stops only the units'),
+    (('preload',), 'qwen', 'preload: expected list, got str'),
+    (('preload',), ['qwen', 'nope'], "preload[1]: unknown model 'nope' (not in models)"),
+    (('preload',), [{'model': 'qwen'}], "preload[0]: unknown model {'model': 'qwen'} (not in models)"),
+    (('preload',), ['qwen', 'qwen'], 'preload[1]: model qwen is listed twice'),
+    (('preload',), ['llama-70b', 'qwen'], 'preload: with swap_policy exclusive only one backend with a unit runs at '
+                                          'a time; got llama-70b (backend tabby), qwen (backend qwen)'),
+])
+def test_bad_ttl_or_preload_names_the_field(path, value, message):
+    with pytest.raises(config.ConfigError) as e:
+        config.parse_config(edit(path, value), ENV)
+    assert str(e.value).startswith(message), str(e.value)
+
+
+def test_preload_of_two_models_on_one_tabbyapi_is_refused_and_shared_policy_allows_several_units():
+    doc = edit(('models', 'small'), {'backend': 'tabby', 'model': 'Small-exl3'})
+    doc['preload'] = ['llama-70b', 'small']
+    with pytest.raises(config.ConfigError, match='^preload\\[1\\]: models llama-70b and small are on the same '
+                                                 'TabbyAPI backend tabby, which holds one model at a time'):
+        config.parse_config(doc, ENV)
+    doc = edit(('preload',), ['llama-70b', 'qwen', 'mistral'])
+    doc['swap_policy'] = 'shared'
+    assert [m.name for m in config.parse_config(doc, ENV).preload] == ['llama-70b', 'qwen', 'mistral']

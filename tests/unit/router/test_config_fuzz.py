@@ -25,9 +25,11 @@ GOOD = {
     'shutdown_timeout': 5,
     'systemctl': ['/usr/bin/systemctl'],
     'log_level': 'INFO',
+    'default_ttl': 60,
+    'preload': ['m'],
     'backends': {
         'tabby': {'kind': 'tabbyapi', 'url': 'http://127.0.0.1:5000', 'unit': 'tabbyapi.service',
-                  'key_env': 'TABBY_KEY', 'connect_timeout': 5, 'read_timeout': 60},
+                  'key_env': 'TABBY_KEY', 'connect_timeout': 5, 'read_timeout': 60, 'ttl': 30},
         'sg': {'kind': 'sglang', 'url': 'http://127.0.0.1:30000', 'key_env': 'SG_KEY'},
     },
     'models': {'m': {'backend': 'tabby', 'model': 'M-exl3'}, 's': {'backend': 'sg'}},
@@ -35,7 +37,7 @@ GOOD = {
 # The message begins with the field: "config", the client-key variable, or a top-level field, then
 # ".<name>..." down to the field, then a colon (names of backends and models may be any string).
 FIELD = re.compile(r'^(config|cannot read config|LLM_ROUTER_CLIENT_API_KEYS|listen|backends|models|swap_policy|'
-                   r'readiness_timeout|drain_timeout|shutdown_timeout|systemctl|log_level)[.:]')
+                   r'readiness_timeout|drain_timeout|shutdown_timeout|systemctl|log_level|default_ttl|preload)[.:\[]')
 
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-2 ** 70, 2 ** 70),
                     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=30),
@@ -43,7 +45,7 @@ SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-2 ** 70, 2 ** 70),
                                      'exclusive', 'DEBUG', 'tabby', '']))
 KEYS = st.one_of(st.text(max_size=12), st.integers(-5, 5), st.booleans(), st.none(),
                  st.sampled_from(['listen', 'port', 'host', 'backends', 'models', 'kind', 'url', 'unit', 'key_env',
-                                  'backend', 'model', 'read_timeout']))
+                                  'backend', 'model', 'read_timeout', 'ttl']))
 VALUES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(KEYS, inner, max_size=4)),
                       max_leaves=12)
 

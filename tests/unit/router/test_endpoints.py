@@ -5,6 +5,7 @@ health shows names and states but never a key."""
 
 import asyncio
 import json
+import time
 
 import pytest
 
@@ -56,9 +57,21 @@ def test_health_details_to_a_client_key_and_never_a_key(app):
     assert reply.status == 200 and health['status'] == 'ok' and health['active_backends'] == ['sg']
     assert health['swapping_to'] is None and health['swap_policy'] == 'exclusive'
     assert health['backends']['sg'] == {'kind': 'sglang', 'unit': 'sg.service', 'state': 'ready', 'loaded': None,
-                                        'in_flight': 0, 'drained': False, 'resume_pending': False, 'last_error': None}
+                                        'in_flight': 0, 'drained': False, 'resume_pending': False, 'last_error': None,
+                                        'ttl': None, 'unload_in': None}
     assert health['backends']['fixed']['drained'] and health['backends']['fixed']['last_error'] == 'drained for a restart'
     assert b'secret-sg-key' not in reply.body and b'ck-1' not in reply.body
+
+
+def test_health_shows_when_an_idle_backend_is_unloaded(app):
+    sg = app.cfg.backends['sg']
+    sg.ttl, sg.state = 30.0, 'ready'
+    sg.last_used = time.monotonic()                          # its last request ended now
+    health = json.loads(call(endpoints.health, app, key='ck-1').body)
+    assert health['backends']['sg']['ttl'] == 30.0 and 0 < health['backends']['sg']['unload_in'] <= 30.0
+    assert health['backends']['fixed']['ttl'] is None and health['backends']['fixed']['unload_in'] is None
+    sg.inflight = 1                                          # busy: not counting down
+    assert json.loads(call(endpoints.health, app, key='ck-1').body)['backends']['sg']['unload_in'] is None
 
 
 def test_metrics_need_a_client_key(app):

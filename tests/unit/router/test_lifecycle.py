@@ -94,7 +94,7 @@ def test_exclusive_swap_stops_the_others_then_starts_the_target_and_checks_its_k
     assert (cfg.backends['one'].state, cfg.backends['two'].state) == ('stopped', 'ready')
     assert cfg.backends['fixed'].state == 'unknown'
     assert seen == [('two', '/v1/models', {'Authorization': 'Bearer sg-key'})]
-    assert board.metrics.swaps == {('two', 'ok'): 1}
+    assert board.metrics.swaps == {('two', 'm2', 'ok'): 1}
     assert board.swap is None
 
 
@@ -121,7 +121,7 @@ def test_a_failed_start_is_a_502_naming_the_unit_state(systemctl):
     assert 'unit state: ActiveState=failed' in e.value.message
     reason = cfg.backends['broken'].last_error
     assert cfg.backends['broken'].state == 'failed' and e.value.message == reason + '; not started again for 30 s'
-    assert board.metrics.swaps == {('broken', 'error'): 1}
+    assert board.metrics.swaps == {('broken', 'x', 'error'): 1}
 
 
 def test_a_failed_backend_is_refused_at_once_for_a_doubling_back_off_without_stopping_anything(systemctl):
@@ -209,7 +209,7 @@ def test_a_drained_backend_gets_503_with_retry_after_and_no_swap_touches_it(syst
         asyncio.run(board.acquire(cfg.models['m2']))
     assert e.value.code == 'backend_draining'
     assert calls(systemctl) == [] and cfg.backends['two'].state == 'unknown'
-    assert board.metrics.swaps == {('two', 'drained'): 1}
+    assert board.metrics.swaps == {('two', 'm2', 'drained'): 1}
 
 
 def test_drain_waits_for_requests_in_flight_within_its_timeout(systemctl):
@@ -272,7 +272,7 @@ def test_the_router_s_own_trouble_blames_no_backend(systemctl):
     finally:
         lifecycle.asyncio.create_subprocess_exec = saved
     assert (e.value.status, e.value.code) == (503, 'router_overloaded')
-    assert cfg.backends['one'].failures == 0 and board.metrics.swaps == {('one', 'overloaded'): 1}
+    assert cfg.backends['one'].failures == 0 and board.metrics.swaps == {('one', 'm1', 'overloaded'): 1}
 
 
 def test_a_finished_swap_whose_callback_has_not_run_is_not_waited_on_again(systemctl):

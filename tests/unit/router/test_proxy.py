@@ -14,7 +14,7 @@ import pytest
 
 from llm_router import app as app_module, config, proxy, server
 
-ENV = {'LLM_ROUTER_CLIENT_API_KEYS': 'ck'}
+ENV = {'LLM_ROUTER_CLIENT_API_KEYS': 'ck', 'LLM_ROUTER_CLIENT_KEYS': 'team-a:ka'}   # names: client-1, team-a
 CONFIG = {'retry_after': 9, 'backends': {'b': {'kind': 'openai', 'url': 'http://127.0.0.1:9'}},
           'models': {'m': {'backend': 'b'}}}
 LINE = re.compile(r'\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO llm_router: (.*)\n\Z')
@@ -52,7 +52,19 @@ def test_an_unknown_model_is_404_under_one_metrics_label(app):
     status, error, dummy = post(app, b'{"model": "' + b'x' * 500 + b'"}')
     assert (status, error['code']) == (404, 'model_not_found')
     assert len(error['message']) < 150                                # the name is cut at 100 characters
-    assert list(app.metrics.requests) == [('(unknown)', 404)]
+    assert list(app.metrics.requests) == [('(unknown)', 'client-1', 404)]
+
+
+def test_requests_are_counted_by_the_name_of_their_key_never_its_value(app):
+    post(app, b'{"model": "nope"}', key='ka')
+    app.cfg.backends['b'].drained = True
+    post(app, b'{"model": "m"}', key='ka')
+    post(app, b'{"model": "m"}')
+    assert list(app.metrics.requests) == [('(unknown)', 'team-a', 404), ('m', 'team-a', 503), ('m', 'client-1', 503)]
+    text = app.metrics.render()
+    assert 'llm_router_requests_total{model="m",key="team-a",status="503"} 1' in text
+    assert 'llm_router_requests_total{model="m",key="client-1",status="503"} 1' in text
+    assert '"ck"' not in text and '"ka"' not in text   # the keys' values (ENV) are no label values
 
 
 def test_a_drained_backend_is_503_with_retry_after_and_an_access_line(app, capsys):
@@ -64,10 +76,10 @@ def test_a_drained_backend_is_503_with_retry_after_and_an_access_line(app, capsy
         proxy.ACCESS.enabled = False
         proxy.ACCESS.flush()
     assert (status, error['code'], headers) == (503, 'backend_draining', (('Retry-After', '9'),))
-    assert list(app.metrics.requests) == [('m', 503)]
+    assert list(app.metrics.requests) == [('m', 'client-1', 503)]
     assert app.cfg.backends['b'].inflight == 0
     line = LINE.match(capsys.readouterr().err)
-    assert line and re.fullmatch(r'POST /v1/chat/completions model=m status=503 \d+\.\dms', line.group(1))
+    assert line and re.fullmatch(r'POST /v1/chat/completions key=client-1 model=m status=503 \d+\.\dms', line.group(1))
 
 
 def test_access_lines_go_out_in_batches_and_before_later_log_records(monkeypatch):

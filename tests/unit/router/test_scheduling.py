@@ -1,7 +1,8 @@
 # Copyright (c) 2026, gpufleet.llm contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Swap scheduling (llm_router/scheduling.py): the config field min_residency; a swap that must close a
-backend that became ready less than min_residency ago waits, while that backend goes on serving; the
+backend that became ready less than min_residency ago waits, while that backend goes on serving
+(unless nobody uses it for IDLE_GRACE); the
 start limit a swap clears. systemctl is a script that records its arguments (as in test_lifecycle.py);
 the order of events is asserted, never a duration."""
 
@@ -90,11 +91,10 @@ def test_a_swap_away_from_a_backend_ready_for_less_than_min_residency_waits_whil
 
     async def go():
         await board.acquire(cfg.models['m1'])              # swap: stop two, start one; one ready now
-        board.release(one)
         assert one.state == 'ready' and one.ready_since > time.monotonic() - 5
         before = list(calls(systemctl))
         other = asyncio.ensure_future(board.acquire(cfg.models['m2']))
-        await asyncio.sleep(0)                             # the swap to two has begun: it waits
+        await asyncio.sleep(0)                             # the swap to two has begun: it waits (one is busy)
         assert board.swap is not None and board.swap.waiting
         assert board.swap.closing == {'one'} and board.swap.closed == frozenset()
         for dummy in range(3):                             # one keeps serving meanwhile, at once
@@ -102,6 +102,7 @@ def test_a_swap_away_from_a_backend_ready_for_less_than_min_residency_waits_whil
             order.append('m1 served')
             board.release(one)
         assert calls(systemctl) == before                  # nothing stopped yet
+        board.release(one)                                 # the first m1 request ends
         await other
         order.append('m2 served')
         board.release(two)
@@ -118,8 +119,7 @@ def test_requests_for_the_resident_backend_wait_once_its_residency_is_over(syste
     one, two = cfg.backends['one'], cfg.backends['two']
 
     async def go():
-        await board.acquire(cfg.models['m1'])
-        board.release(one)
+        await board.acquire(cfg.models['m1'])              # in flight until the residency is over
         one.ready_since = time.monotonic() - 3600 + 0.2    # its residency ends in 0.2 s
         other = asyncio.ensure_future(board.acquire(cfg.models['m2']))
         await asyncio.sleep(0)
@@ -129,11 +129,11 @@ def test_requests_for_the_resident_backend_wait_once_its_residency_is_over(syste
             board.release(one)
             await asyncio.sleep(0.02)
         assert board.swap.closed == {'one'}
+        board.release(one)                                 # the first m1 request ends: the drain is over
         late = asyncio.ensure_future(board.acquire(cfg.models['m1']))   # waits for the swap to two
         await other
         assert two.state == 'ready' and one.state == 'stopped' and not late.done()
-        board.release(two)
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)                          # m2's request is in flight on two
         assert board.swap.model.name == 'm1' and board.swap.waiting    # the swap back waits for two's
         assert not late.done()
         board.swap.task.cancel()
@@ -156,13 +156,31 @@ def test_no_wait_for_a_backend_ready_long_ago_or_not_ready(systemctl):
     assert calls(systemctl) == ['stop -- one.service', 'start -- two.service']
 
 
+def test_a_backend_in_its_residency_that_nobody_uses_is_closed_after_the_idle_grace(systemctl):
+    """One request after the other for two models (a lone user, the role's proof requests): the
+    backend that served the first gets no request while the swap waits, so the swap goes on after
+    IDLE_GRACE (1 s), not after min_residency (an hour here)."""
+    cfg, board = exclusive_board(systemctl, 3600)
+    one, two = cfg.backends['one'], cfg.backends['two']
+
+    async def go():
+        await board.acquire(cfg.models['m1'])
+        board.release(one)
+        swap = asyncio.ensure_future(board.acquire(cfg.models['m2']))
+        await asyncio.sleep(0)
+        assert board.swap is not None and board.swap.waiting
+        await asyncio.wait_for(swap, 30)
+    asyncio.run(go())
+    assert calls(systemctl)[-2:] == ['stop -- one.service', 'start -- two.service']
+    assert (one.state, two.state) == ('stopped', 'ready')
+
+
 def test_an_admin_drain_does_not_wait_for_a_swap_still_waiting_for_residency(systemctl):
     cfg, board = exclusive_board(systemctl, 3600)
     one = cfg.backends['one']
 
     async def go():
-        await board.acquire(cfg.models['m1'])
-        board.release(one)
+        await board.acquire(cfg.models['m1'])              # in flight: the swap to two waits
         other = asyncio.ensure_future(board.acquire(cfg.models['m2']))
         await asyncio.sleep(0)
         assert board.swap.waiting

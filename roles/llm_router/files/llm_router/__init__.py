@@ -16,14 +16,16 @@ Read the modules in this order (each fits in one sitting):
                  readiness through _backend_probe), drain and resume for planned maintenance
 6. scheduling.py part of the Switchboard: when a swap may close a backend (min_residency), and the
                  systemd start limit a swap clears
-7. app.py        App, what every handler receives (cfg, metrics, board), the routes, the dispatch,
-                 and serve(): listening, signals, the client-timeout sweep, graceful stop
-8. proxy.py      the handler that relays a request to its model's backend; the access log
-9. endpoints.py  /v1/models, /health, /metrics
-10. admin.py     the admin socket's endpoints (drain, resume, reload) and ``--reload``
-11. server.py    the HTTP/1.1 server for clients (clients -> router): Reply, Request, Stream,
+7. idle.py       idle unload (ttl: TabbyAPI's model through its admin API, other backends' units
+                 stopped) and the preload at start
+8. app.py        App, what every handler receives (cfg, metrics, board, idle), the routes, the
+                 dispatch, and serve(): listening, signals, the client-timeout sweep, graceful stop
+9. proxy.py      the handler that relays a request to its model's backend; the access log
+10. endpoints.py the endpoints /v1/models, /health, /metrics
+11. admin.py     the admin socket's endpoints (drain, resume, reload) and ``--reload``
+12. server.py    the HTTP/1.1 server for clients (clients -> router): Reply, Request, Stream,
                  Connection, limits and client timeouts
-12. __main__.py  the command line
+13. __main__.py  the command line
 
 app.py imports the handlers and the server; none of them imports app.py (a handler gets the App
 as its first argument, a Connection gets it when created), so there is no import cycle.
@@ -43,4 +45,5 @@ as its first argument, a Connection gets it when created), so there is no import
   a backend can be DRAINED (new requests for its models get 503 with Retry-After, in-flight ones
   finish) and RESUMED; ``--reload``, POST /admin/reload or SIGHUP re-read the keys from
   ``key_file`` without dropping a connection.
+* Idle unload (``ttl``, ``default_ttl``) and ``preload``: idle.py (docs/router.md, "Idle unload and preload").
 """

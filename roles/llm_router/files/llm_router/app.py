@@ -14,12 +14,13 @@ import stat
 import time
 
 from .admin import ADMIN_RE, admin_action, admin_reload, reload_on_signal
-from .auth import key_accepted, presented_key
+from .auth import Caps, client_of
 from .endpoints import health, list_models, metrics_endpoint
+from .idle import Idle
 from .lifecycle import Switchboard
 from .metrics import Metrics
 from .proxy import ACCESS, PROXIED, proxy
-from .server import Connection, not_found, openai_error
+from .server import Connection, Refused, not_found, openai_error
 from .upstream import UpstreamError
 
 log = logging.getLogger('llm_router')
@@ -32,6 +33,8 @@ class App:
         self.cfg, self.config_path = cfg, config_path
         self.metrics = Metrics()
         self.board = Switchboard(cfg, self.metrics)
+        self.idle = Idle(cfg, self.board, self.metrics)    # idle unload (ttl) and preload
+        self.caps = Caps()               # proxied requests in flight per key name (max_concurrent)
         self.reload_lock = asyncio.Lock()
         self.connections = set()
         self.max_clients = None          # client connections at most (serve(): from the open-file limit)
@@ -44,13 +47,15 @@ class App:
         # Paths whose every answer needs a client key (their handlers check it too).
         self.keyed = frozenset(PROXIED) | {'/v1/models', '/metrics'}
 
-    def head_refusal(self, conn, req):
-        """(401, message, code) for a request to a keyed path without an accepted client key, checked
-        as soon as its head is read (server.Connection); None otherwise."""
-        if conn.admin or req.path not in self.keyed or key_accepted(presented_key(req.headers), self.cfg.client_keys):
-            return None
-        self.metrics.client_auth_failures += 1
-        return 401, 'Invalid or missing API key', 'invalid_api_key'
+    def head_check(self, conn, req):
+        """Raise server.Refused (401, then close) for a request with a body to a keyed path without an
+        accepted client key, as soon as its head is read (server.Connection): nothing of its body is
+        read. The verdict stays on req (auth.client_of) for its handler."""
+        has_body = req.headers.get('content-length', '0') != '0' or 'transfer-encoding' in req.headers \
+            or 'expect' in req.headers
+        if has_body and not conn.admin and req.path in self.keyed and client_of(self, req) is None:
+            self.metrics.client_auth_failures += 1
+            raise Refused(401, 'Invalid or missing API key', 'invalid_api_key')
 
     async def respond(self, conn, req):
         """Answer one request (any failure of a handler is a 500 or a cut stream, never a crash)."""
@@ -152,6 +157,7 @@ async def serve(cfg, config_path, open_files=None):
         if os.path.exists(cfg.admin_socket) and stat.S_ISSOCK(os.stat(cfg.admin_socket).st_mode):
             os.unlink(cfg.admin_socket)  # left over by a router that did not stop cleanly
         servers.append(await loop.create_unix_server(lambda: Connection(app, True), cfg.admin_socket))
+    app.idle.start()                     # preload runs while the router already serves
     every = min(max(cfg.client_timeout / 5, 0.05), 15.0)   # a cut comes at most T/5 late
     while not stop.is_set():
         try:
@@ -159,6 +165,7 @@ async def serve(cfg, config_path, open_files=None):
         except asyncio.TimeoutError:
             app.sweep()
     app.stopping = True
+    app.idle.stop()
     for server in servers:
         server.close()
     busy = []

@@ -105,6 +105,7 @@ class Switchboard(Scheduling):
 
     def release(self, backend):
         backend.inflight -= 1
+        backend.last_used = time.monotonic()     # the idle clock (idle.py) starts again
         if backend.inflight == 0:
             backend.idle.set()
 
@@ -130,6 +131,17 @@ class Switchboard(Scheduling):
         swap.task = asyncio.ensure_future(self._run_swap(swap, stop))
         swap.task.add_done_callback(self._swap_done)
         return swap
+
+    def hold(self, model, coro):
+        """Run coro (idle.py's unload of model's backend; it raises no SwapError) as the swap in
+        progress: a request for that backend waits for it, then starts the backend again."""
+        task = asyncio.ensure_future(coro)
+        task.add_done_callback(self._swap_done)
+        self.swap = Swap(model, task, frozenset((model.backend.name,)))
+
+    async def stop_unit(self, b):
+        await self._systemctl('stop', b)
+        b.state, b.loaded = 'stopped', None
 
     def _swap_done(self, task):
         if self.swap is not None and self.swap.task is task:   # not a newer swap begun meanwhile
@@ -158,7 +170,7 @@ class Switchboard(Scheduling):
         except SwapError as e:
             if e.code in ('backend_draining', 'router_overloaded'):   # not the backend's fault: its state stays
                 self.metrics.swap(target.name, 'drained' if e.code == 'backend_draining' else 'overloaded',
-                                  time.monotonic() - started)
+                                  time.monotonic() - started, model.name)
                 log.info('swap to model %s not done: %s', model.name, e.message)
                 raise
             target.state, target.last_error = 'failed', e.message
@@ -167,12 +179,12 @@ class Switchboard(Scheduling):
                 backoff = self.cfg.failure_backoff * 2 ** min(target.failures - 1, 3)
                 target.retry_at = time.monotonic() + backoff
                 e.message += '; not started again for %d s' % math.ceil(backoff)   # last_error: the reason alone
-            self.metrics.swap(target.name, 'error', time.monotonic() - started)
+            self.metrics.swap(target.name, 'error', time.monotonic() - started, model.name)
             log.error('swap to model %s failed: %s', model.name, e.message)
             raise
         target.state, target.last_error, target.failures, target.retry_at = 'ready', '', 0, 0.0
         target.ready_since = time.monotonic()
-        self.metrics.swap(target.name, 'ok', time.monotonic() - started)
+        self.metrics.swap(target.name, 'ok', time.monotonic() - started, model.name)
         log.info('model %s ready on backend %s after %.2f s', model.name, target.name,
                  time.monotonic() - started)
 

@@ -5,7 +5,8 @@ must drain (min_residency), and the systemd start limit a swap clears (docs/rout
 
 - A backend a swap made ready serves its own requests for min_residency seconds before another swap
   closes it: the swap that needs it closed waits that long (its requests with it), while requests for
-  the backend go on being served. Then it closes the backend, drains it and swaps. So two models
+  the backend go on being served; unless the backend has had no request for IDLE_GRACE seconds
+  (nobody is using it), which ends the wait. Then it closes the backend, drains it and swaps. So two models
   asked for in turn swap at most once per min_residency, and a request for either waits at most
   min_residency plus one drain and one swap.
 - Every `systemctl start` counts against the unit's StartLimitBurst (in StartLimitIntervalSec) while
@@ -23,6 +24,7 @@ import time
 log = logging.getLogger('llm_router')
 
 FAILED = 'ActiveState=failed'             # in the unit state that _systemctl's error names
+IDLE_GRACE = 1.0        # seconds without a request after which a backend in its residency is closed anyway
 
 
 class Scheduling:
@@ -37,12 +39,21 @@ class Scheduling:
 
     async def wait_residency(self, swap):
         """Before it closes anything: wait until the backends the swap must close have served their
-        min_residency (they serve meanwhile), then close them (new requests for them wait for the swap)."""
-        wait = self.residency_left([self.cfg.backends[n] for n in swap.closing])
-        if wait > 0:
-            log.info('swap to model %s waits %.1f s: %s keep(s) serving for min_residency %g s',
-                     swap.model.name, wait, ', '.join(sorted(swap.closing)), self.cfg.min_residency)
-            await asyncio.sleep(wait)
+        min_residency (they serve meanwhile), or have had no request for IDLE_GRACE seconds (nobody is
+        using them: a lone user's next model, the role's proof requests one after the other), then
+        close them (new requests for them wait for the swap)."""
+        backends = [self.cfg.backends[n] for n in swap.closing]
+        deadline = time.monotonic() + self.residency_left(backends)
+        if deadline > time.monotonic():
+            log.info('swap to model %s waits up to %.1f s: %s keep(s) serving for min_residency %g s, '
+                     'unless idle for %g s', swap.model.name, deadline - time.monotonic(),
+                     ', '.join(sorted(swap.closing)), self.cfg.min_residency, IDLE_GRACE)
+        while backends:
+            now = time.monotonic()
+            quiet = -1.0 if any(b.inflight for b in backends) else min(now - b.last_used for b in backends)
+            if now >= deadline or quiet >= IDLE_GRACE:
+                break
+            await asyncio.sleep(min(deadline - now, IDLE_GRACE - quiet if quiet >= 0 else 0.1))
         swap.waiting, swap.closed = False, swap.closing
 
     async def start_unit(self, b):

@@ -105,7 +105,7 @@ class Refused(Exception):
 
 class Request:
     __slots__ = ('conn', 'method', 'target', 'path', 'query', 'headers', 'lines', 'body', 'parts', 'size',
-                 'keep_alive', 'http10', 'refused', 'expect')
+                 'keep_alive', 'http10', 'refused', 'expect', 'client', 'key_name')
 
     def __init__(self, conn):
         self.conn = conn
@@ -120,6 +120,7 @@ class Request:
         self.http10 = False
         self.refused = None              # (status, message, code): answered by the server itself
         self.expect = False              # 100-continue still owed
+        self.client, self.key_name = None, ''   # auth.client_of(): Client (False: refused), the key's name
 
 
 class Stream:
@@ -285,10 +286,7 @@ class Connection(asyncio.Protocol):
         req.http10 = parser.get_http_version() == '1.0'
         req.size = 0
         # A body is read only after the key (refused: 401 and close, no 100 Continue, nothing buffered).
-        if req.headers.get('content-length', '0') != '0' or 'transfer-encoding' in req.headers or 'expect' in req.headers:
-            refusal = self.app.head_refusal(self, req)
-            if refusal is not None:
-                raise Refused(*refusal)
+        self.app.head_check(self, req)
         self.deadline = self.last_active + self.app.cfg.client_timeout   # for the body
         length = req.headers.get('content-length')
         if length is not None and length.isdigit() and int(length) > MAX_BODY:

@@ -15,7 +15,7 @@ import yaml
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.gpufleet.llm.plugins.filter.router_config import (
-    router_backend_list, router_config, router_key_env)
+    router_backend_list, router_client_keys, router_clients, router_config, router_key_env, router_key_for)
 
 TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..', '..', '..'))
 with open(os.path.join(TOP, 'roles', 'llm_router', 'vars', 'main.yml')) as _f:
@@ -60,9 +60,79 @@ def test_config_names_key_variables_only():
 
 def test_key_env():
     blist = router_backend_list(BACKENDS, KIND_KEYS)
-    env = router_key_env(blist, BACKENDS, ['c1', 'c0'], {'tabbyapi_admin_key': 'ta', 'llamacpp_api_key': 'la'})
-    assert env == {'LLM_ROUTER_CLIENT_API_KEYS': 'c1,c0', 'TABBYAPI_ADMIN_KEY': 'ta', 'LLAMACPP_API_KEY': 'la',
-                   'LLM_ROUTER_KEY_REMOTE_VLLM': 'own-key'}
+    env = router_key_env(blist, BACKENDS, router_client_keys(['c1'], ['c0']),
+                         {'tabbyapi_admin_key': 'ta', 'llamacpp_api_key': 'la'})
+    assert env == {'LLM_ROUTER_CLIENT_KEYS': 'client-1:c1,client-1:c0', 'TABBYAPI_ADMIN_KEY': 'ta',
+                   'LLAMACPP_API_KEY': 'la', 'LLM_ROUTER_KEY_REMOTE_VLLM': 'own-key'}
     with pytest.raises(AnsibleFilterError) as err:
-        router_key_env(blist, BACKENDS, ['c1'], {'tabbyapi_admin_key': 'secret-ta'})
+        router_key_env(blist, BACKENDS, router_client_keys(['c1']), {'tabbyapi_admin_key': 'secret-ta'})
     assert 'llamacpp_api_key' in str(err.value) and 'secret-ta' not in str(err.value)
+
+
+def test_config_carries_ttls_of_backends_and_models():
+    backends = dict(BACKENDS, tabbyapi=dict(BACKENDS['tabbyapi'], ttl=0), **{'llamacpp-a': dict(BACKENDS['llamacpp-a'], ttl='90')})
+    settings = {'default_ttl': 600.0, 'preload': ['m1']}
+    config = router_config(router_backend_list(backends, KIND_KEYS), backends,
+                           {'m1': {'backend': 'llamacpp-a', 'ttl': 30}, 'm2': {'backend': 'tabbyapi'}}, settings)
+    assert config['backends']['tabbyapi']['ttl'] == 0.0 and config['backends']['llamacpp-a']['ttl'] == 90.0
+    assert 'ttl' not in config['backends']['plain']
+    assert config['models'] == {'m1': {'backend': 'llamacpp-a', 'model': 'm1', 'ttl': 30.0},
+                                'm2': {'backend': 'tabbyapi', 'model': 'm2'}}
+    assert (config['default_ttl'], config['preload']) == (600.0, ['m1'])
+
+
+def test_client_keys_named_flat_and_gateway():
+    flat = router_client_keys(['k1', 'k2'], ['o1'], ['gw'])
+    assert [(e['name'], e['key'], e['previous']) for e in flat] == [
+        ('client-1', 'k1', False), ('client-2', 'k2', False), ('client-1', 'o1', True), ('gateway', 'gw', False)]
+    named = router_client_keys({'alice': 'a1', 'bob': 'b1'}, {'alice': ['a0', 'a00']})
+    assert [(e['name'], e['key'], e['previous']) for e in named] == [
+        ('alice', 'a1', False), ('bob', 'b1', False), ('alice', 'a0', True), ('alice', 'a00', True)]
+
+
+@pytest.mark.parametrize('current,previous,gateway,message', [
+    ('k1', [], None, 'llm_router_client_api_keys must be a list of keys or a mapping'),
+    ([], [], None, 'llm_router_client_api_keys: at least one key is required'),
+    ({'bad name': 'secret-k1'}, [], None, 'llm_router_client_api_keys: bad name is not a key name'),
+    ({'alice': 'secret k1'}, [], None, 'llm_router_client_api_keys.alice: every key must be a non-empty string'),
+    ({'alice': ['secret-k1']}, [], None, 'llm_router_client_api_keys.alice: every key must be a non-empty string'),
+    ({'alice': 'secret-k1'}, {'alice': ['secret-k1']}, None, r'_previous \(alice\): a current key may not'),
+    ({'gateway': 'secret-k1'}, [], ['secret-gw'], 'the name gateway is the gateways'),
+    (['secret-k1'], [''], None, 'llm_router_client_api_keys_previous: every key must be a non-empty string'),
+])
+def test_bad_client_keys_are_named_never_shown(current, previous, gateway, message):
+    with pytest.raises(AnsibleFilterError, match=message) as err:
+        router_client_keys(current, previous, gateway)
+    assert 'secret' not in str(err.value)
+
+
+MODELS = {'m1': {'backend': 'b'}, 'm2': {'backend': 'b'}}
+ENTRIES = router_client_keys({'alice': 'a1', 'bob': 'b1'}, {'alice': ['a0']}, ['gw'])
+
+
+def test_clients_scopes_and_the_gateway_scope():
+    clients = router_clients({'alice': {'models': ['m1'], 'metrics': False, 'max_concurrent': 2}, 'bob': None},
+                             ENTRIES, MODELS)
+    assert clients == {'alice': {'models': ['m1'], 'metrics': False, 'max_concurrent': 2}, 'bob': {},
+                       'gateway': {'models': [], 'metrics': False, 'health': False}}
+    assert router_key_for(ENTRIES, clients) == 'a1'
+    assert router_key_for(ENTRIES, clients, 'm2') == 'b1'          # alice may not use m2
+    with pytest.raises(AnsibleFilterError, match='no current client key may use model m2'):
+        router_key_for(ENTRIES[:1], clients, 'm2')
+
+
+@pytest.mark.parametrize('clients,message', [
+    ([], 'llm_router_clients must be a mapping'),
+    ({'carol': {}}, 'llm_router_clients.carol: no client key has this name'),
+    ({'alice': []}, 'llm_router_clients.alice must be a mapping'),
+    ({'alice': {'model': ['m1']}}, r'llm_router_clients.alice: unknown field\(s\) model'),
+    ({'alice': {'models': 'm1'}}, 'llm_router_clients.alice.models must be a list'),
+    ({'alice': {'models': ['m3']}}, r'llm_router_clients.alice.models: unknown model\(s\) m3'),
+    ({'alice': {'metrics': 'no'}}, 'llm_router_clients.alice.metrics must be true or false'),
+    ({'alice': {'max_concurrent': -1}}, 'llm_router_clients.alice.max_concurrent must be a whole number'),
+    ({'alice': {'max_concurrent': True}}, 'llm_router_clients.alice.max_concurrent must be a whole number'),
+    ({'gateway': {}}, 'llm_router_clients.gateway: the gateways'),
+])
+def test_bad_clients_are_named(clients, message):
+    with pytest.raises(AnsibleFilterError, match=message):
+        router_clients(clients, ENTRIES, MODELS)

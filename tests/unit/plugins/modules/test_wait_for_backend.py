@@ -36,7 +36,6 @@ def test_ready_at_once_sends_x_api_key_to_tabbyapi(backend, wait):
     assert result['status'] == 200
     assert result['endpoint'] == '/v1/models'
     assert result['model'] == 'Qwen3-8B-exl3'
-    assert result['elapsed'] < 1
     assert [(r[2], r[3].get('x-api-key'), 'authorization' in r[3]) for r in fake.requests] == [('/v1/models', KEY, False)]
     assert KEY not in out
 
@@ -54,7 +53,7 @@ def test_refused_then_ready(backend, wait):
     rc, result, _out = wait(url=fake.url, backend='tabbyapi', api_key=KEY, timeout=10)
     assert rc == 0, result
     assert result['attempts'] >= 3
-    assert 0.5 < result['elapsed'] < 3
+    assert 0.5 < result['elapsed']        # it waited for the server (rc 0: before the timeout)
     assert len(fake.requests) == 1   # every earlier attempt was refused before reaching the server
 
 
@@ -77,7 +76,7 @@ def test_llamacpp_wrong_key_after_load_fails_fast(backend, wait):
     assert rc == 1
     assert result['msg'] == ('llamacpp at %s rejected the API key sent as Authorization on /props: 401 Invalid API Key'
                              % fake.url)
-    assert result['elapsed'] < 2
+    assert result['elapsed'] < 30          # long before the 60 s timeout (any load)
     assert WRONG not in out
 
 
@@ -98,7 +97,7 @@ def test_tabbyapi_401_without_key_says_no_key_was_sent(backend, wait):
     assert result['ready'] is False
     assert result['status'] == 401
     assert result['attempts'] == 1
-    assert result['elapsed'] < 2
+    assert result['elapsed'] < 30          # long before the 60 s timeout (any load)
     assert not any('x-api-key' in h or 'authorization' in h for h in seen_headers(fake))
 
 
@@ -108,7 +107,7 @@ def test_tabbyapi_wrong_key_fails_long_before_timeout(backend, wait):
     assert rc == 1
     assert result['msg'] == ('tabbyapi at %s rejected the API key sent as x-api-key on /v1/model: 401 Invalid API key'
                              % fake.url)
-    assert result['elapsed'] < 2
+    assert result['elapsed'] < 30          # long before the 60 s timeout (any load)
     assert result['attempts'] == 1
     assert result['changed'] is False
     assert WRONG not in out and KEY not in out
@@ -153,7 +152,7 @@ def test_403_is_a_rejection(backend, wait):
     assert rc == 1
     assert result['msg'] == ('openai at %s rejected the API key sent as Authorization on /v1/models: '
                              '403 Forbidden by proxy policy' % fake.url)
-    assert result['elapsed'] < 2
+    assert result['elapsed'] < 30          # long before the 60 s timeout (any load)
 
 
 def test_reject_statuses_can_be_narrowed(backend, wait):
@@ -181,7 +180,7 @@ def test_timeout_names_last_answer_and_attempts(backend, wait):
     assert result['msg'] == ('tabbyapi at %s was not ready on /v1/model after 1.2 s and %d attempts; '
                              'last: 503 No models are currently loaded.' % (fake.url, result['attempts']))
     assert result['attempts'] == len(fake.requests) >= 2
-    assert 1.2 <= result['elapsed'] < 2.5
+    assert 1.2 <= result['elapsed'] < 1.2 + 8   # the timeout, plus at most one request in progress
     assert result['status'] == 503
 
 
@@ -207,7 +206,7 @@ def test_slow_answers_count_as_not_ready(backend, wait):
     rc, result, _out = wait(url=fake.url, backend='tabbyapi', api_key=KEY, timeout=1.5, request_timeout=0.3)
     assert rc == 1
     assert result['msg'].endswith('last: request timed out')
-    assert result['elapsed'] < 3
+    assert result['elapsed'] < 1.5 + 8   # the timeout, plus at most one request in progress
 
 
 def test_404_is_fatal_at_once(backend, wait):
@@ -216,7 +215,7 @@ def test_404_is_fatal_at_once(backend, wait):
     assert rc == 1
     assert result['msg'].startswith('tabbyapi at %s answered 404 on /v1/does-not-exist: Not Found' % fake.url)
     assert result['attempts'] == 1
-    assert result['elapsed'] < 2
+    assert result['elapsed'] < 30          # long before the 60 s timeout (any load)
 
 
 def test_key_echoed_by_server_is_scrubbed(backend, wait):
@@ -303,7 +302,7 @@ def test_untrusted_certificate_is_fatal_at_once(backend, wait, certificate):
     rc, result, _out = wait(url=fake.url, backend='tabbyapi', api_key=KEY, timeout=60)
     assert rc == 1
     assert result['msg'].startswith('tabbyapi at %s: TLS verification failed' % fake.url)
-    assert result['attempts'] == 1 and result['elapsed'] < 2
+    assert result['attempts'] == 1 and result['elapsed'] < 30   # not the 60 s timeout
     assert fake.requests == []
 
 
@@ -337,7 +336,7 @@ def test_key_reload_grace_is_bounded_then_fails_as_usual(backend, wait):
     assert result['msg'] == ('tabbyapi at %s rejected the API key sent as x-api-key on /v1/models: 401 Invalid API key'
                              % fake.url)
     assert result['attempts'] > 1
-    assert result['elapsed'] < 10            # after the grace, not at the 60 s timeout
+    assert result['elapsed'] < 30            # after the grace, not at the 60 s timeout
     assert WRONG not in out
 
 
