@@ -3,8 +3,10 @@
 """A stand-in for ``systemctl`` on loopback that runs REAL processes as "units", with systemd's
 start limit. The router's ``systemctl`` setting: [python, this file, STATE_DIR].
 
-STATE_DIR/units.json maps a unit name to {"argv": [...], "stop_delay": seconds (optional)}; each unit's state is STATE_DIR/<unit>.json
-(pid, result, start times). What it does, as systemd does for a Type=exec unit without Restart=:
+STATE_DIR/units.json maps a unit name to {"argv": [...], "stop_delay": seconds (optional)}; each unit's
+state is STATE_DIR/<unit>.json (pid, result, start times). What it does, as systemd does for a Type=exec
+unit without Restart= that it keeps loaded (an enabled unit; a disabled one that stopped cleanly is
+unloaded, and with it its start count):
 
 - ``start -- UNIT``: refused (exit 1, "start of the service was attempted too often", ActiveState=failed,
   Result=start-limit-hit) when the unit was started START_LIMIT_BURST times in the last

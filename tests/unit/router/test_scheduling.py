@@ -26,8 +26,9 @@ verb, unit = args[0], args[-1]
 cleared = os.path.exists(sys.argv[0] + '.cleared')
 if verb == 'reset-failed':
     open(sys.argv[0] + '.cleared', 'w').close()
-elif verb == 'show':
-    print('ActiveState=failed\nSubState=failed\nResult=start-limit-hit\nExecMainCode=0\nExecMainStatus=0')
+elif verb == 'show':         # systemd keeps an earlier failure's result (e.g. a stop that timed out)
+    result = open(sys.argv[0] + '.result').read() if os.path.exists(sys.argv[0] + '.result') else 'start-limit-hit'
+    print('ActiveState=failed\nSubState=failed\nResult=%s\nExecMainCode=0\nExecMainStatus=0' % result)
 elif verb == 'start' and (unit.startswith('two') and not cleared or unit.startswith('broken')):
     print('Job for %s failed because start of the service was attempted too often.' % unit)
     sys.exit(1)
@@ -198,6 +199,16 @@ def test_a_start_limit_hit_by_swaps_is_cleared_and_the_start_tried_again(limited
                               'show --property=ActiveState,SubState,Result,ExecMainCode,ExecMainStatus,StatusText '
                               '-- two.service', 'reset-failed -- two.service', 'start -- two.service']
     assert cfg.backends['two'].state == 'ready' and cfg.backends['two'].failures == 0
+
+
+def test_a_start_limit_hidden_behind_an_earlier_failure_is_cleared_too(limited):
+    """A unit left failed by its stop (Result=timeout) keeps that result when the limit refuses its
+    start: a start refused while the unit is failed is cleared all the same."""
+    limited.with_name(limited.name + '.result').write_text('timeout')
+    cfg, board = exclusive_board(limited, 0)
+    asyncio.run(board.acquire(cfg.models['m2']))
+    assert calls(limited)[-2:] == ['reset-failed -- two.service', 'start -- two.service']
+    assert cfg.backends['two'].state == 'ready'
 
 
 def test_a_start_limit_is_not_cleared_for_a_unit_whose_last_start_failed(limited):

@@ -9,11 +9,12 @@ must drain (min_residency), and the systemd start limit a swap clears (docs/rout
   (nobody is using it), which ends the wait. Then it closes the backend, drains it and swaps. So two models
   asked for in turn swap at most once per min_residency, and a request for either waits at most
   min_residency plus one drain and one swap.
-- Every `systemctl start` counts against the unit's StartLimitBurst (in StartLimitIntervalSec): swaps
-  faster than that leave the unit "failed" with Result=start-limit-hit and every later start refused
-  until the interval has passed. A start refused so is cleared (`systemctl reset-failed`) and tried
-  once more, unless the router's last start of that unit failed (failures in a row > 0): a unit that
-  really fails stays with systemd's limit and the router's failure back-off.
+- Every `systemctl start` counts against the unit's StartLimitBurst (in StartLimitIntervalSec) while
+  systemd keeps the unit loaded (enabled, or failed): swaps faster than that leave it "failed" and
+  every later start refused until the interval has passed (Result=start-limit-hit, or the result of
+  a failed stop, which systemd keeps). A start refused while the unit is failed is cleared
+  (`systemctl reset-failed`) and tried once more, unless the router's last start of that unit failed
+  (failures in a row > 0): a unit that really fails keeps systemd's limit and the router's back-off.
 """
 
 import asyncio
@@ -22,7 +23,7 @@ import time
 
 log = logging.getLogger('llm_router')
 
-START_LIMIT_HIT = 'Result=start-limit-hit'
+FAILED = 'ActiveState=failed'             # in the unit state that _systemctl's error names
 IDLE_GRACE = 1.0        # seconds without a request after which a backend in its residency is closed anyway
 
 
@@ -61,9 +62,10 @@ class Scheduling:
             await self._systemctl('start', b)
             return
         except self.unit_error as e:
-            if b.failures or START_LIMIT_HIT not in e.message:
+            if b.failures or FAILED not in e.message:
                 raise
-        log.warning('unit %s of backend %s hit its start limit (StartLimitBurst) through swaps: '
-                    'systemctl reset-failed, then start again', b.unit, b.name)
+            why = e.message
+        log.warning('unit %s of backend %s was refused a start while failed (a start limit its swaps hit shows '
+                    'so): systemctl reset-failed, then start once more; %s', b.unit, b.name, why)
         await self._systemctl('reset-failed', b)
         await self._systemctl('start', b)
