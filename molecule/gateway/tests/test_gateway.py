@@ -231,9 +231,11 @@ def test_a_drained_router_stays_drained_through_a_reload_and_a_restart_of_haprox
         worker = gw.check_output("pgrep -P $(systemctl show -p MainPID --value haproxy.service)")
         gw.check_output("sed -i 's/timeout check 3s/timeout check 4s/' /etc/haproxy/haproxy.cfg")
         gw.check_output("systemctl reload haproxy.service")
+        # The old worker stops (the master may signal it: CAP_KILL), so the runtime API reaches the new one.
         deadline = time.monotonic() + 30
-        while gw.check_output("pgrep -P $(systemctl show -p MainPID --value haproxy.service) || true") in ("", worker):
-            assert time.monotonic() < deadline, "no new HAProxy worker after the reload"
+        while gw.check_output("pgrep -P $(systemctl show -p MainPID --value haproxy.service) || true") in ("", worker) \
+                or "\n" in gw.check_output("pgrep -P $(systemctl show -p MainPID --value haproxy.service) || true"):
+            assert time.monotonic() < deadline, "the old HAProxy worker did not stop after the reload"
             time.sleep(0.5)
         rows = stat(gw)
         assert rows[("be_router_gpufleet-gw-3", "gpufleet-gw-3")]["status"] == "DRAIN", rows
