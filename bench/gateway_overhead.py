@@ -67,7 +67,8 @@ def render_config(tmp, gport, mport, rport, max_body):
         'llm_gateway_metrics_port': mport, 'llm_gateway_max_body': max_body,
         '_llm_gateway_tls': False, '_llm_gateway_routers': routers, '_llm_gateway_models': models,
         '_llm_gateway_maxrewrite': 1024, '_llm_gateway_bufsize': max_body + 15360 + 1024,
-        '_llm_gateway_admin_socket': str(tmp / 'admin.sock'), '_llm_gateway_env_file': str(tmp / 'env'),
+        '_llm_gateway_admin_socket': str(tmp / 'admin.sock'), '_llm_gateway_health_cfg': str(tmp / 'health.cfg'),
+        '_llm_gateway_state_file': str(tmp / 'server-state'),
         '_llm_gateway_pem': str(tmp / 'gateway.pem'), '_llm_gateway_models_map': str(tmp / 'models.map'),
         '_llm_gateway_models_json': str(tmp / 'models.json')})
     env = jinja2.Environment(trim_blocks=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)

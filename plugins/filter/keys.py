@@ -40,12 +40,14 @@ SCOPES = {
     'llamacpp': ('llamacpp_', (('api_key', 'str'),)),
     'sglang': ('sglang_', (('api_key', 'str'),)),
     'router': ('llm_router_', (('client_api_keys', 'list'),)),
+    'gateway': ('llm_gateway_', (('health_key', 'str'),)),
 }
 # The *_previous lists that CONTRACT.md defines (the others live in the store only).
 CONTRACT_PREVIOUS = frozenset((
     'tabbyapi_api_key_previous',
     'llamacpp_api_key_previous',
     'llm_router_client_api_keys_previous',
+    'llm_gateway_health_key_previous',
 ))
 PENDING = 'rotation_pending'
 STARTED = 'rotation_started'
@@ -347,6 +349,23 @@ def key_old_checks(endpoints, previous_by_scope):
     return [[e, i] for e in endpoints for i in range(len(previous_by_scope.get(e['scope']) or []))]
 
 
+def key_checker_endpoints(endpoints, checked_by):
+    """endpoints (gpufleet.llm.backends) plus, for a scope whose key is checked by the endpoints of
+    another scope (checked_by: scope -> checking scope, e.g. gateway -> router: every router accepts
+    the gateways' health key), a copy of each checking endpoint with that scope and its key variable,
+    so that the gates and the proof that old keys are refused reach it like any other endpoint."""
+    out = list(endpoints)
+    for scope, checker in sorted((checked_by or {}).items()):
+        prefix, fields = _scope(scope)
+        _scope(checker)
+        for field, kind in fields:
+            for endpoint in endpoints:
+                if endpoint.get('scope') == checker:
+                    out.append(dict(endpoint, scope=scope, key_var=prefix + field,
+                                    key_index=0 if kind == 'list' else -1))
+    return out
+
+
 def key_store_problems(read_back, written, versions_before=None):
     """What is wrong after a write, as sentences that name scopes and versions, never a key.
 
@@ -398,4 +417,5 @@ class FilterModule(object):
             'key_store_problems': key_store_problems,
             'key_previous_by_scope': key_previous_by_scope,
             'key_old_checks': key_old_checks,
+            'key_checker_endpoints': key_checker_endpoints,
         }

@@ -44,8 +44,11 @@ DEFAULTS = {
 }
 SGLANG_PORT_BASE = 30000
 
-# Key scope -> the inventory group whose hosts run it (the keys role's gpufleet_key_groups).
-DEFAULT_GROUPS = {'tabbyapi': 'tabbyapi', 'llamacpp': 'llamacpp', 'sglang': 'sglang', 'router': 'llm_router'}
+# Key scope -> the inventory group whose hosts run it (the keys role's gpufleet_key_groups). The
+# gateway scope (HAProxy, roles/llm_gateway) has no service described here: its key is checked by
+# the routers.
+DEFAULT_GROUPS = {'tabbyapi': 'tabbyapi', 'llamacpp': 'llamacpp', 'sglang': 'sglang', 'router': 'llm_router',
+                  'gateway': 'llm_gateway'}
 # Key scope -> role.
 ROLES = {'tabbyapi': 'tabbyapi', 'llamacpp': 'llamacpp', 'sglang': 'sglang', 'router': 'llm_router'}
 # Listen addresses that mean "every interface": a check on the host reaches them on loopback.

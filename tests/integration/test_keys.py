@@ -65,8 +65,10 @@ STORE_PLAYBOOK = """
         content: "{{ {'names': names, 'lengths': names | map('extract', vars) | map('length') | list,
                       'previous': previous | map('extract', vars) | map('length') | list} | to_json }}"
       vars:
-        names: [tabbyapi_api_key, tabbyapi_admin_key, llamacpp_api_key, sglang_api_key, llm_router_client_api_keys]
-        previous: [tabbyapi_api_key_previous, llamacpp_api_key_previous, llm_router_client_api_keys_previous]
+        names: "{{ report_names | default(['tabbyapi_api_key', 'tabbyapi_admin_key', 'llamacpp_api_key',
+                                           'sglang_api_key', 'llm_router_client_api_keys']) }}"
+        previous: "{{ report_previous | default(['tabbyapi_api_key_previous', 'llamacpp_api_key_previous',
+                                                 'llm_router_client_api_keys_previous']) }}"
       delegate_to: localhost
 """
 
@@ -565,3 +567,101 @@ def test_ansible_vault_rotation_by_name(workdir):
     keys = final['vault_llm_router_client_api_keys']
     assert router_answers(workdir, keys, [keys['bob'], old['alice'], old['bob']]) == [200, 200, 401]
     assert_no_key_in(logs, all_vault_values(workdir, target))
+
+
+# --- The gateway scope: the gateways' health key, on the gateways and the router hosts ----------
+
+# A gateway and a router host: the scopes in use are router and gateway.
+GATEWAY_INVENTORY = """
+all:
+  hosts:
+    gw:
+      ansible_connection: local
+      ansible_python_interpreter: {python}
+    node:
+      ansible_connection: local
+      ansible_python_interpreter: {python}
+  children:
+    llm_gateway: {{hosts: {{gw: {{}}}}}}
+    llm_router: {{hosts: {{node: {{}}}}}}
+"""
+GATEWAY_REPORT = {'report_names': ['llm_gateway_health_key', 'llm_router_client_api_keys'],
+                  'report_previous': ['llm_gateway_health_key_previous', 'llm_router_client_api_keys_previous']}
+
+
+@pytest.fixture
+def gateway_workdir(workdir):
+    (workdir / 'inventory' / 'hosts.yml').write_text(GATEWAY_INVENTORY.format(python=sys.executable))
+    return workdir
+
+
+def test_hashi_gateway_scope_is_read_and_rotated(kv, gateway_workdir):
+    workdir = gateway_workdir
+    old = new_key()
+    kv['client'].secrets.kv.v2.create_or_update_secret(path='%s/gateway' % kv['path'], secret={'health_key': old})
+    logs = []
+    rc, out, report = run_playbook(workdir, hashi_extra(kv, rotate=False, **GATEWAY_REPORT), logs=logs)
+    assert rc == 0, out[-3000:]
+    assert report['lengths'] == [40, 2] and report['previous'] == [0, 0]
+    # A rotation of the gateway scope alone: grace (new key current, the old one previous) ...
+    rc, out, report = run_playbook(workdir, hashi_extra(kv, rotate_scope=['gateway'], finish=False, **GATEWAY_REPORT),
+                                   logs=logs)
+    assert rc == 0, out[-3000:]
+    pending, version = kv_read(kv, 'gateway')
+    assert version == 2 and pending['rotation_pending'] is True
+    assert pending['health_key_previous'] == [old]
+    assert len(pending['health_key']) == 48 and pending['health_key'] != old
+    assert report['lengths'] == [48, 2] and report['previous'] == [1, 0]
+    assert kv_read(kv, 'router') == (kv['first']['router'], 1)                # not rotated
+    # ... then resumed and finished: the stored key kept, the old one forgotten.
+    rc, out, report = run_playbook(workdir, hashi_extra(kv, rotate_scope=['gateway'], **GATEWAY_REPORT), logs=logs)
+    assert rc == 0, out[-3000:]
+    final, version = kv_read(kv, 'gateway')
+    assert version == 3 and final['rotation_pending'] is False
+    assert final['health_key'] == pending['health_key'] and final['health_key_previous'] == []
+    assert report['previous'] == [0, 0]
+    assert_no_key_in(logs, all_kv_values(kv) | {old, pending['health_key'], kv['token']})
+
+
+def test_hashi_missing_gateway_secret_is_named(kv, gateway_workdir):
+    rc, out, dummy = run_playbook(gateway_workdir, hashi_extra(kv, rotate=False, **GATEWAY_REPORT))
+    assert rc != 0
+    assert 'Could not read secret/%s/gateway' % kv['path'] in out
+
+
+def test_ansible_vault_gateway_scope_rotation(gateway_workdir):
+    workdir = gateway_workdir
+    first = first_vault_vars()
+    first['vault_llm_gateway_health_key'] = new_key()
+    target = write_vault_file(workdir, first)
+    (workdir / 'inventory' / 'group_vars' / 'all' / 'keys.yml').write_text(
+        MAPPING + 'llm_gateway_health_key: "{{ vault_llm_gateway_health_key }}"\n'
+                  'llm_gateway_health_key_previous: "{{ vault_llm_gateway_health_key_previous | default([]) }}"\n')
+    logs = []
+    rc, out, report = run_playbook(workdir, dict(GATEWAY_REPORT, rotate_scope=['gateway'], finish=False), logs=logs)
+    assert rc == 0, out[-3000:]
+    rc, pending, err = vault_view(workdir, target)
+    assert rc == 0, err
+    assert pending['vault_gpufleet_rotation_pending'] == ['gateway']
+    assert pending['vault_llm_gateway_health_key_previous'] == [first['vault_llm_gateway_health_key']]
+    assert len(pending['vault_llm_gateway_health_key']) == 48
+    assert pending['vault_llm_router_client_api_keys'] == first['vault_llm_router_client_api_keys']
+    assert report['lengths'] == [48, 2] and report['previous'] == [1, 0]
+    rc, out, report = run_playbook(workdir, dict(GATEWAY_REPORT, rotate_scope=['gateway']), logs=logs)
+    assert rc == 0, out[-3000:]
+    final = vault_view(workdir, target)[1]
+    assert final['vault_gpufleet_rotation_pending'] == []
+    assert final['vault_llm_gateway_health_key'] == pending['vault_llm_gateway_health_key']
+    assert final['vault_llm_gateway_health_key_previous'] == []
+    assert report['previous'] == [0, 0]
+    assert_no_key_in(logs, all_vault_values(workdir, target))
+
+
+def test_ansible_vault_missing_health_key_is_named_for_the_router_host_too(gateway_workdir):
+    workdir = gateway_workdir
+    target = write_vault_file(workdir, first_vault_vars())      # no vault_llm_gateway_health_key
+    rc, out, dummy = run_playbook(workdir, dict(GATEWAY_REPORT, rotate=False))
+    assert rc != 0
+    for host in ('gw', 'node'):
+        assert 'llm_gateway_health_key is not set for %s' % host in out
+    assert_no_key_in([out], all_vault_values(workdir, target))

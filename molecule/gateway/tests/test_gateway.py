@@ -1,13 +1,18 @@
 """The gateway after gpufleet.llm.site: HAProxy on gpufleet-gw-1 routes by the model of each request
 to the router hosts that serve it (tiny-shared on gw-2 and gw-3, tiny-gw2 and tiny-gw3 on one each),
-passes the client's key through, takes a stopped router out and keeps serving the shared model, and
-a rolling site.yml that restarts both routers under a steady streaming load fails no client request.
-Tests run in file order; the stopped router and the rolling run come last."""
+passes the client's key through, takes a stopped router out and keeps serving the shared model, keeps
+a drained router drained through a reload and a restart of HAProxy, a rolling site.yml that restarts
+both routers under a steady streaming load fails no client request, and so does a rotation of the
+gateways' health key (rotate_keys.yml, Ansible Vault), with every health check passing throughout.
+Tests run in file order; the stopped router, the rolling run and the rotation come last."""
 import json
 import os
 import re
+import secrets
 import subprocess
 import time
+
+import yaml
 
 KEYS = {
     "client": "gw-test-client-KEY-b27e40",
@@ -83,10 +88,10 @@ def wait_state(host, server, want, timeout=30):
         time.sleep(0.5)
 
 
-def playbook(*extra, check=False):
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+def playbook(*extra, check=False, name="converge.yml", env_extra=None):
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", **(env_extra or {}))
     cmd = ["ansible-playbook", "-i", env["MOLECULE_INVENTORY_FILE"], *extra,
-           os.path.join(env["MOLECULE_SCENARIO_DIRECTORY"], "converge.yml")]
+           os.path.join(env["MOLECULE_SCENARIO_DIRECTORY"], name)]
     if check:
         cmd[1:1] = ["--check", "--diff"]
     run = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -112,8 +117,9 @@ def test_haproxy_runs_hardened_with_its_files_private(hosts):
     listening = gw.check_output("ss -Htlnp")
     for address in ("0.0.0.0:8000", "0.0.0.0:8443", "127.0.0.1:8405"):
         assert address in listening, listening
-    env = gw.file("/etc/haproxy/gpufleet/env")
-    assert (env.user, env.group, env.mode) == ("root", "root", 0o600)
+    health = gw.file("/etc/haproxy/gpufleet/health.cfg")
+    assert (health.user, health.group, health.mode) == ("root", "root", 0o600)
+    assert not gw.file("/etc/haproxy/gpufleet/env").exists
     pem = gw.file("/etc/haproxy/gpufleet/gateway.pem")
     assert (pem.user, pem.group, pem.mode) == ("root", "haproxy", 0o640)
     config = gw.file("/etc/haproxy/haproxy.cfg").content_string
@@ -212,6 +218,53 @@ def test_a_router_stopped_by_hand_is_taken_out_and_its_shared_model_keeps_being_
     assert ask(gw, own=("POST", "/v1/chat/completions", KEYS["client"], chat("tiny-gw3")))["own"]["status"] == 200
 
 
+def test_a_drained_router_stays_drained_through_a_reload_and_a_restart_of_haproxy(hosts):
+    """HAProxy forgets a drain set through its runtime API when it reloads or restarts, unless the
+    unit saved the servers' state first (server-state-file): a host drained by a failed run must not
+    come back when the gateway's config changes."""
+    gw = hosts[GATEWAY]
+    config = gw.file("/etc/haproxy/haproxy.cfg").content_string
+    assert "timeout check 3s" in config
+    gw.check_output("echo 'set server be_router_gpufleet-gw-3/gpufleet-gw-3 state drain' | "
+                    "socat - UNIX-CONNECT:/run/haproxy/admin.sock")
+    try:
+        assert router_state(gw, "gpufleet-gw-3") == "DRAIN"
+        # A config change and a reload (what the role's handler does), then a restart.
+        worker = gw.check_output("pgrep -P $(systemctl show -p MainPID --value haproxy.service)")
+        gw.check_output("sed -i 's/timeout check 3s/timeout check 4s/' /etc/haproxy/haproxy.cfg")
+        gw.check_output("systemctl reload haproxy.service")
+        # The old worker stops (the master may signal it: CAP_KILL), so the runtime API reaches the new one.
+        deadline = time.monotonic() + 30
+        while gw.check_output("pgrep -P $(systemctl show -p MainPID --value haproxy.service) || true") in ("", worker) \
+                or "\n" in gw.check_output("pgrep -P $(systemctl show -p MainPID --value haproxy.service) || true"):
+            assert time.monotonic() < deadline, "the old HAProxy worker did not stop after the reload"
+            time.sleep(0.5)
+        rows = stat(gw)
+        assert rows[("be_router_gpufleet-gw-3", "gpufleet-gw-3")]["status"] == "DRAIN", rows
+        # ... and every model backend's server that tracks it
+        assert rows[("be_any", "gpufleet-gw-3")]["status"] == "DRAIN", rows
+        assert rows[("be_router_gpufleet-gw-2", "gpufleet-gw-2")]["status"] == "UP", rows
+        a = ask(gw, **{"shared-%d" % i: ("POST", "/v1/chat/completions", KEYS["client"], chat("tiny-shared"))
+                       for i in range(4)})
+        assert {x["status"] for x in a.values()} == {200}, a
+        after = stat(gw)
+        backend = model_backends(gw)["tiny-shared"]
+        assert int(after[(backend, "gpufleet-gw-3")]["stot"]) == 0, after[(backend, "gpufleet-gw-3")]
+        gw.check_output("systemctl restart haproxy.service")
+        deadline = time.monotonic() + 30
+        while gw.run("echo 'show stat' | socat - UNIX-CONNECT:/run/haproxy/admin.sock").rc != 0:
+            assert time.monotonic() < deadline, "HAProxy did not come back after the restart"
+            time.sleep(0.5)
+        assert router_state(gw, "gpufleet-gw-3") == "DRAIN"
+    finally:
+        gw.check_output("sed -i 's/timeout check 4s/timeout check 3s/' /etc/haproxy/haproxy.cfg")
+        gw.check_output("echo 'set server be_router_gpufleet-gw-3/gpufleet-gw-3 state ready' | "
+                        "socat - UNIX-CONNECT:/run/haproxy/admin.sock")
+        gw.check_output("systemctl reload haproxy.service")
+    wait_state(gw, "gpufleet-gw-3", "UP", timeout=30)
+    assert gw.file("/etc/haproxy/haproxy.cfg").content_string == config
+
+
 # A bounded steady load ON the gateway host (python3, standard library): 4 workers stream chat
 # completions for the shared model, one after the other with a 0.1 s pause (the tiny model answers
 # in milliseconds; without the pause the load would take the test machine's cores from the run it
@@ -274,6 +327,94 @@ def test_rolling_run_restarting_both_routers_under_load_fails_no_client_request(
     assert [router_state(gw, name) for name in ROUTERS] == ["UP", "UP"]
     for key in list(KEYS.values()):
         assert key not in output
+
+
+# Every 0.2 s until /root/load.stop exists: the status of each router host's server in HAProxy
+# (the runtime API, as root, inside the gateway host); prints status -> number of times seen.
+MONITOR = r'''
+import collections, json, os, socket, time
+seen = collections.Counter()
+while not os.path.exists("/root/load.stop"):
+    try:
+        s = socket.socket(socket.AF_UNIX)
+        s.connect("/run/haproxy/admin.sock")
+        s.sendall(b"show stat\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        s.close()
+        for line in data.decode().splitlines():
+            f = line.split(",")
+            if line.startswith("be_router_") and f[1] != "BACKEND":
+                seen[f[1] + " " + f[17]] += 1
+    except OSError as e:
+        seen["socket " + type(e).__name__] += 1
+    time.sleep(0.2)
+print(json.dumps(seen))
+'''
+
+
+def test_rotating_the_health_key_under_load_keeps_every_router_in_and_fails_no_request(hosts):
+    """rotate_keys.yml with rotate_scope [gateway], from an Ansible Vault file holding the scenario's
+    keys: the routers accept old and new, the gateway switches (HAProxy reloads), the routers drop
+    the old key; under the steady streaming load, with HAProxy's view of each router polled."""
+    gw = hosts[GATEWAY]
+    eph = os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]
+    password, vault_file = os.path.join(eph, "vault-password"), os.path.join(eph, "gateway-vault.yml")
+    with open(os.open(password, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        f.write(secrets.token_urlsafe(24) + "\n")
+    env = {"ANSIBLE_VAULT_PASSWORD_FILE": password}
+    vault_env = dict(os.environ, **env)
+    subprocess.run(["ansible-vault", "encrypt", "--output", vault_file, "-"], env=vault_env, check=True,
+                   capture_output=True, text=True, input=json.dumps({
+                       "vault_llamacpp_api_key": KEYS["llamacpp"],
+                       "vault_llm_router_client_api_keys": [KEYS["client"]],
+                       "vault_llm_gateway_health_key": KEYS["health"]}))
+    gw.check_output("rm -f /root/load.stop")
+    load = subprocess.Popen(["podman", "exec", GATEWAY, "python3", "-c", LOAD, KEYS["client"]],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    monitor = subprocess.Popen(["podman", "exec", GATEWAY, "python3", "-c", MONITOR],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    started = time.monotonic()
+    try:
+        time.sleep(3)
+        # llm_router_client_timeout as the rolling run above left it: only the keys may change here.
+        rc, output = playbook("-e", "gpufleet_ansible_vault_file=" + vault_file, "-e", '{"rotate_scope": ["gateway"]}',
+                              "-e", "llm_router_client_timeout=70", name="rotate.yml", env_extra=env)
+        seconds = time.monotonic() - started - 3
+        time.sleep(3)
+    finally:
+        gw.check_output("touch /root/load.stop")
+        out, err = load.communicate(timeout=300)
+        seen, dummy = monitor.communicate(timeout=60)
+    assert rc == 0, output[-5000:]
+    result = json.loads(out.strip().splitlines()[-1])
+    seen = json.loads(seen.strip().splitlines()[-1])
+    print("health key rotation: %.0f s; client requests %d ok, %d failed; router states seen %s"
+          % (seconds, result["counts"]["ok"], result["counts"]["failed"], seen))
+    assert result["counts"]["ok"] > 0 and result["counts"]["failed"] == 0, result
+    # never DRAIN, DOWN or "UP 1/2" (a failed check): the routers stayed in throughout
+    assert set(seen) == {"gpufleet-gw-2 UP", "gpufleet-gw-3 UP"}, seen
+    stored = yaml.safe_load(subprocess.run(["ansible-vault", "view", vault_file], env=vault_env, check=True,
+                                           capture_output=True, text=True).stdout)
+    new = stored["vault_llm_gateway_health_key"]
+    assert len(new) == 48 and new != KEYS["health"]
+    assert stored["vault_gpufleet_rotation_pending"] == [] and stored["vault_llm_gateway_health_key_previous"] == []
+    assert stored["vault_llamacpp_api_key"] == KEYS["llamacpp"]                # only the gateway scope rotated
+    KEYS["health_new"] = new                                                  # looked for in the journals
+    for key in list(KEYS.values()):
+        assert key not in output
+    # Each router: the new health key accepted, the old one refused; the gateway's checks send the new one.
+    for name in ROUTERS:
+        a = ask(hosts[name], old=("GET", "http://127.0.0.1:4000/v1/models", KEYS["health"], None),
+                new=("GET", "http://127.0.0.1:4000/v1/models", new, None))
+        assert (a["old"]["status"], a["new"]["status"]) == (401, 200), (name, a["old"]["status"], a["new"]["status"])
+    health = gw.file("/etc/haproxy/gpufleet/health.cfg")
+    assert (health.user, health.group, health.mode) == ("root", "root", 0o600)
+    assert [router_state(gw, name) for name in ROUTERS] == ["UP", "UP"]
 
 
 def test_no_key_in_the_journals(hosts):

@@ -146,3 +146,48 @@ def test_old_checks_pair_each_endpoint_with_each_old_key_of_its_scope():
     checks = f.key_old_checks(endpoints, old)
     assert [(e['url'], i) for e, i in checks] == [('a', 0), ('a', 1), ('b', 0), ('c', 0)]
     assert 't1' not in repr(checks)
+
+
+# --- the gateway scope: one health key, checked by the routers ------------------------------------
+
+GATEWAY = {'gateway': {'health_key': 'g' * 40}}
+
+
+def test_gateway_scope_is_a_health_key_with_a_contract_previous_list():
+    s = f.key_store_normalize(GATEWAY, ['gateway'])
+    assert f.key_contract_vars(s) == {'llm_gateway_health_key': 'g' * 40, 'llm_gateway_health_key_previous': []}
+    rotating = f.key_begin_rotation(s, ['gateway'], started='T')
+    new = f.key_contract_vars(rotating)
+    assert new['llm_gateway_health_key'] != 'g' * 40 and len(new['llm_gateway_health_key']) == f.KEY_LENGTH
+    assert new['llm_gateway_health_key_previous'] == ['g' * 40]
+    assert f.key_contract_vars(rotating, previous=False)['llm_gateway_health_key_previous'] == []
+    assert f.key_previous_by_scope(rotating) == {'gateway': ['g' * 40]}
+    assert f.key_names(['gateway']) == ['llm_gateway_health_key']
+
+
+def test_gateway_scope_in_the_ansible_vault_layout():
+    vault = {'vault_llm_gateway_health_key': 'g' * 40, 'vault_unrelated': 1}
+    s = f.key_store_from_vault_vars(vault, ['gateway'])
+    rotating = f.key_begin_rotation(s, ['gateway'], started='T')
+    out = f.key_store_to_vault_vars(rotating, vault)
+    assert out['vault_llm_gateway_health_key_previous'] == ['g' * 40]
+    assert out['vault_gpufleet_rotation_pending'] == ['gateway'] and out['vault_unrelated'] == 1
+    assert f.key_store_from_vault_vars(out, ['gateway']) == rotating
+    with pytest.raises(AnsibleFilterError) as err:
+        f.key_store_from_vault_vars({}, ['gateway'])
+    assert 'vault_llm_gateway_health_key' in str(err.value)
+
+
+def test_checker_endpoints_copy_each_router_endpoint_for_the_gateway_scope():
+    endpoints = [{'scope': 'llamacpp', 'url': 'b', 'key_var': 'llamacpp_api_key', 'key_index': -1},
+                 {'scope': 'router', 'url': 'd', 'key_var': 'llm_router_client_api_keys', 'key_index': 0}]
+    out = f.key_checker_endpoints(endpoints, {'gateway': 'router'})
+    assert out[:2] == endpoints
+    assert out[2:] == [{'scope': 'gateway', 'url': 'd', 'key_var': 'llm_gateway_health_key', 'key_index': -1}]
+    assert endpoints[1]['scope'] == 'router'                  # the description itself is left as it is
+    # an old health key is sent to the router endpoint, and only there
+    checks = f.key_old_checks(out, {'gateway': ['g1'], 'router': [], 'llamacpp': []})
+    assert [(e['url'], e['scope'], i) for e, i in checks] == [('d', 'gateway', 0)]
+    assert f.key_checker_endpoints(endpoints, {}) == endpoints
+    with pytest.raises(AnsibleFilterError):
+        f.key_checker_endpoints(endpoints, {'gateway': 'vllm'})
