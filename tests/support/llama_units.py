@@ -29,15 +29,21 @@ def llama_server():
     return built.stdout.strip().splitlines()[-1]
 
 
+def tiny_model(path):
+    """The tiny GGUF model of tests/tools/make-tiny-gguf.py at path (made once); returns path."""
+    path = Path(path)
+    if not path.exists():
+        subprocess.run([sys.executable, str(ROOT / 'tests/tools/make-tiny-gguf.py'), str(path)], check=True,
+                       capture_output=True)
+    return path
+
+
 def make_units(state_dir, ports, key):
     """Units <name>.service of llama-server on 127.0.0.1:<port> (ports: name -> port), all serving
     the tiny model with the key key; returns the router's systemctl setting."""
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
-    model = state_dir / 'tiny.gguf'
-    if not model.exists():
-        subprocess.run([sys.executable, str(ROOT / 'tests/tools/make-tiny-gguf.py'), str(model)], check=True,
-                       capture_output=True)
+    model = tiny_model(state_dir / 'tiny.gguf')
     key_file = state_dir / 'api-key'
     key_file.write_text(key + '\n')
     key_file.chmod(0o600)

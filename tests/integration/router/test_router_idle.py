@@ -22,16 +22,6 @@ LLAMA_KEY = 'llama-idle-key-8c1d2e'
 UNITS = ROOT / 'tests/support/systemctl_standin.py'
 
 
-@pytest.fixture(scope='module')
-def llama(tmp_path_factory):
-    """(llama-server binary, tiny GGUF model)."""
-    built = subprocess.run([str(ROOT / 'tests/tools/build-llama-server.sh')], check=True, capture_output=True, text=True)
-    model = tmp_path_factory.mktemp('model') / 'tiny.gguf'
-    subprocess.run([sys.executable, str(ROOT / 'tests/tools/make-tiny-gguf.py'), str(model)], check=True,
-                   capture_output=True)
-    return built.stdout.strip().splitlines()[-1], model
-
-
 @pytest.fixture
 def units(tmp_path):
     """Units of the systemctl stand-in: add(name, argv, stop_delay) -> unit; calls() -> the starts and
@@ -65,8 +55,8 @@ def units(tmp_path):
         subprocess.run(Units.systemctl + ['stop', '--', unit], check=False, timeout=30)
 
 
-def llama_unit(units, llama, stop_delay=0.0):
-    binary, model = llama
+def llama_unit(units, llama_files, stop_delay=0.0):
+    binary, model = llama_files
     port = free_port()
     units.add('tiny.service', [binary, '-m', model, '--host', '127.0.0.1', '--port', port, '--api-key', LLAMA_KEY,
                                '-c', 256, '-t', 1, '--no-webui'], stop_delay=stop_delay)
@@ -99,9 +89,9 @@ def until(what, timeout=20, step=0.05):
 
 
 @pytest.mark.parametrize('policy', ['exclusive', 'shared'])
-def test_an_idle_llama_server_is_stopped_after_its_ttl_and_the_next_request_starts_it(procs, units, llama, policy):
+def test_an_idle_llama_server_is_stopped_after_its_ttl_and_the_next_request_starts_it(procs, units, llama_files, policy):
     dummy, router = procs
-    url = llama_unit(units, llama)
+    url = llama_unit(units, llama_files)
     r = router(config(units, {'llama': {'kind': 'llamacpp', 'url': url, 'unit': 'tiny.service', 'key_env': 'LLAMA_KEY',
                                         'ttl': 1.5}},
                       {'tiny': {'backend': 'llama'}}, swap_policy=policy), env=ENV)
@@ -125,11 +115,11 @@ def test_an_idle_llama_server_is_stopped_after_its_ttl_and_the_next_request_star
     assert LLAMA_KEY not in r.log()
 
 
-def test_a_request_arriving_while_the_unit_stops_waits_and_is_served(procs, units, llama):
+def test_a_request_arriving_while_the_unit_stops_waits_and_is_served(procs, units, llama_files):
     """The unit takes 1.5 s to stop: a request that arrives meanwhile waits for the stop, then the
     router starts the unit again and answers 200 (never a 5xx from the unload)."""
     dummy, router = procs
-    url = llama_unit(units, llama, stop_delay=1.5)
+    url = llama_unit(units, llama_files, stop_delay=1.5)
     r = router(config(units, {'llama': {'kind': 'llamacpp', 'url': url, 'unit': 'tiny.service', 'key_env': 'LLAMA_KEY'}},
                       {'tiny': {'backend': 'llama', 'ttl': 1}}), env=ENV)
     assert post(r, 'tiny').status_code == 200
@@ -192,9 +182,9 @@ def test_a_drained_backend_is_not_unloaded(procs, tmp_path):
     until(lambda: tabby.stats()['unloads'] == 1)
 
 
-def test_preload_starts_and_gates_the_models_at_start_and_a_failure_does_not_stop_the_router(procs, units, llama):
+def test_preload_starts_and_gates_the_models_at_start_and_a_failure_does_not_stop_the_router(procs, units, llama_files):
     double, router = procs
-    url = llama_unit(units, llama)
+    url = llama_unit(units, llama_files)
     tabby = double('tabbyapi', admin_key=TABBY_ADMIN_KEY, models='a')     # no model "missing" on disk
     r = router(config(units, {
         'llama': {'kind': 'llamacpp', 'url': url, 'unit': 'tiny.service', 'key_env': 'LLAMA_KEY'},

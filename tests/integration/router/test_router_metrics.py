@@ -8,8 +8,6 @@ ones this router exports."""
 
 import json
 import re
-import subprocess
-import sys
 
 import httpx
 import pytest
@@ -18,16 +16,6 @@ from router_helpers import ALL_KEYS, AUTH, CLIENT_KEY, ROOT, Proc, chat, free_po
 
 LLAMA_KEY = 'llama-key-6c2f9d04'
 SAMPLE = re.compile(r'^(llm_router_[a-z_]+)(?:\{(.*)\})? (\S+)$', re.M)
-
-
-@pytest.fixture(scope='module')
-def llama_files(tmp_path_factory):
-    """(llama-server binary, tiny model): the binary built once and cached (a cold build takes 8-15 min)."""
-    built = subprocess.run([str(ROOT / 'tests/tools/build-llama-server.sh')], check=True, capture_output=True, text=True)
-    model = tmp_path_factory.mktemp('llama') / 'tiny.gguf'
-    subprocess.run([sys.executable, str(ROOT / 'tests/tools/make-tiny-gguf.py'), str(model)], check=True,
-                   capture_output=True)
-    return built.stdout.strip().splitlines()[-1], model
 
 
 @pytest.fixture

@@ -4,13 +4,11 @@
 llama-server (tests/tools/build-llama-server.sh, a tiny GGUF model) for the scopes, and of the test
 double (streams held open by its chunk delay) for the cap on requests in flight."""
 
-import subprocess
-import sys
 
 import httpx
 import pytest
 
-from router_helpers import ROOT, Proc, chat, free_port
+from router_helpers import Proc, chat, free_port
 
 ALICE_NEW, ALICE_OLD = 'alice-key-new-4b7e19c2', 'alice-key-old-8d2a6f05'
 OPS_KEY, BOB_KEY = 'ops-key-5c1d7e93', 'bob-key-2f8a4c61'
@@ -25,15 +23,12 @@ def bearer(key):
 
 
 @pytest.fixture(scope='module')
-def llama(tmp_path_factory):
+def llama(llama_files, tmp_path_factory):
     """The real llama-server with a tiny model, two slots, the key LLAMA_KEY."""
     work = tmp_path_factory.mktemp('llama')
-    binary = subprocess.run([str(ROOT / 'tests/tools/build-llama-server.sh')], check=True, capture_output=True,
-                            text=True).stdout.strip().splitlines()[-1]
-    subprocess.run([sys.executable, str(ROOT / 'tests/tools/make-tiny-gguf.py'), str(work / 'tiny.gguf')], check=True,
-                   capture_output=True)
+    binary, model = llama_files
     port = free_port()
-    proc = Proc([binary, '-m', str(work / 'tiny.gguf'), '--host', '127.0.0.1', '--port', str(port), '--api-key',
+    proc = Proc([binary, '-m', str(model), '--host', '127.0.0.1', '--port', str(port), '--api-key',
                  LLAMA_KEY, '-c', '1024', '-np', '2', '-t', '1'], port, work / 'llama-server.log')
     yield proc
     proc.stop()

@@ -31,11 +31,16 @@ elif unit.startswith('broken') and args[0] == 'start':
 '''
 
 
+def systemctl_script(tmp_path, text=SYSTEMCTL):
+    """The systemctl stand-in script text as tmp_path/systemctl.py (it logs its calls next to itself: calls())."""
+    script = tmp_path / 'systemctl.py'
+    script.write_text(text)
+    return script
+
+
 @pytest.fixture
 def systemctl(tmp_path):
-    script = tmp_path / 'systemctl.py'
-    script.write_text(SYSTEMCTL)
-    return script
+    return systemctl_script(tmp_path)
 
 
 def board_for(systemctl, policy='exclusive', **extra):

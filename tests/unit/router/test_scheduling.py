@@ -13,7 +13,7 @@ import time
 import pytest
 
 from llm_router import config, lifecycle
-from test_lifecycle import ENV, MODELS_OK, SYSTEMCTL, board_for, calls, ready_answers
+from test_lifecycle import ENV, MODELS_OK, board_for, calls, ready_answers, systemctl_script
 
 # A unit whose start limit was hit: `start` is refused until `reset-failed` (systemd's message and
 # Result); every start of 'failing' fails the same way, whatever reset-failed did.
@@ -37,16 +37,12 @@ elif verb == 'start' and (unit.startswith('two') and not cleared or unit.startsw
 
 @pytest.fixture
 def systemctl(tmp_path):
-    script = tmp_path / 'systemctl.py'
-    script.write_text(SYSTEMCTL)
-    return script
+    return systemctl_script(tmp_path)           # test_lifecycle's stand-in
 
 
 @pytest.fixture
 def limited(tmp_path):
-    script = tmp_path / 'systemctl.py'
-    script.write_text(LIMITED)
-    return script
+    return systemctl_script(tmp_path, LIMITED)
 
 
 def doc(**extra):
