@@ -25,9 +25,10 @@ log = logging.getLogger('llm_router')
 class SwapError(Exception):
     """Why a backend could not be made ready; status is what the client gets (502, 503 or 504)."""
 
-    def __init__(self, status, message, code, retry_after=None):
+    def __init__(self, status, message, code, retry_after=None, unit_props=None):
         super().__init__(message)
         self.status, self.message, self.code, self.retry_after = status, message, code, retry_after
+        self.unit_props = unit_props or {}     # a failed systemctl call: the unit's properties after it
 
     def reply(self):
         return openai_error(self.status, self.message, 'api_error', code=self.code, retry_after=self.retry_after)
@@ -301,10 +302,10 @@ class Switchboard(Scheduling):
     async def _systemctl(self, verb, b):
         rc, out = await self._run(verb, '--', b.unit, timeout=self.cfg.readiness_timeout)
         if rc != 0:
-            state = (await self.unit_state(b))[1]
+            props, state = await self.unit_state(b)
             raise SwapError(502, 'systemctl %s %s failed (%s): %s; unit state: %s'
                             % (verb, b.unit, 'exit %s' % rc if rc is not None else 'did not complete',
-                               ' '.join(out.split())[:300], state), 'backend_unit_failed')
+                               ' '.join(out.split())[:300], state), 'backend_unit_failed', unit_props=props)
 
     async def _probe_get(self, b, path, headers, deadline):
         answer = await b.upstream.request('GET', path, headers, b'',

@@ -23,7 +23,6 @@ import time
 
 log = logging.getLogger('llm_router')
 
-FAILED = 'ActiveState=failed'             # in the unit state that _systemctl's error names
 IDLE_GRACE = 1.0        # seconds without a request after which a backend in its residency is closed anyway
 
 
@@ -62,7 +61,7 @@ class Scheduling:
             await self._systemctl('start', b)
             return
         except self.unit_error as e:
-            if b.failures or FAILED not in e.message:
+            if b.failures or e.unit_props.get('ActiveState') != 'failed':
                 raise
             why = e.message
         log.warning('unit %s of backend %s was refused a start while failed (a start limit its swaps hit shows '
